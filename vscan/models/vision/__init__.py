@@ -1,0 +1,1 @@
+"""vscan.models.vision"""
