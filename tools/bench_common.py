@@ -1,0 +1,96 @@
+"""Shared helpers for the GPU benchmark scripts: environment stamp, hardware ceilings, timing."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+
+
+def env_stamp() -> dict:
+    import triton
+    d = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
+             torch=torch.__version__, triton=triton.__version__, command=" ".join([os.path.basename(sys.executable)] + sys.argv))
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        d.update(gpu=p.name, sms=p.multi_processor_count, gpu_mem_gib=round(p.total_memory / 2**30, 1))
+    try:
+        import timm
+        d["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return d
+
+
+def bench_ms(fn, warmup=25, rep=100) -> float:
+    """Median milliseconds of fn() with triton.testing.do_bench (CUDA events)."""
+    import triton
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5])[0]) \
+        if _do_bench_has_quantiles() else float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def _do_bench_has_quantiles():
+    import inspect
+
+    import triton
+    return "quantiles" in inspect.signature(triton.testing.do_bench).parameters
+
+
+def time_once_ms(fn, reps=2) -> float:
+    """For slow functions (seconds): median of a few event-timed runs after one warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e))
+    return sorted(ts)[len(ts) // 2]
+
+
+def copy_bandwidth_gbs(nbytes=2 * 2**30) -> float:
+    """Device-to-device copy, counting bytes read plus bytes written."""
+    x = torch.empty(nbytes // 4, device="cuda", dtype=torch.float32).uniform_()
+    y = torch.empty_like(x)
+    ms = bench_ms(lambda: y.copy_(x), warmup=5, rep=50)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def exp2_rate_per_s() -> float:
+    """Throughput of tl.exp2 on dependent chains (the MUFU unit), exps per second."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def k(x_ptr, n_iter, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x0 = tl.load(x_ptr + offs)
+        x1 = x0 + 0.1
+        x2 = x0 + 0.2
+        x3 = x0 + 0.3
+        for _ in range(n_iter):
+            x0 = tl.exp2(x0 * -0.5)
+            x1 = tl.exp2(x1 * -0.5)
+            x2 = tl.exp2(x2 * -0.5)
+            x3 = tl.exp2(x3 * -0.5)
+        tl.store(x_ptr + offs, x0 + x1 + x2 + x3)
+
+    n = 132 * 64 * 1024
+    x = torch.rand(n, device="cuda")
+    iters = 256
+    ms = bench_ms(lambda: k[(n // 1024,)](x, iters, BLOCK=1024, num_warps=8), warmup=5, rep=50)
+    return 4 * n * iters / (ms * 1e-3)
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)

@@ -1,0 +1,187 @@
+"""Selective-scan benchmark: Triton kernels vs the PyTorch reference, against the hardware floor.
+
+    python tools/bench_scan.py --out results/bench_scan.json [--sweep] [--smoke]
+
+Checks correctness against the reference first (float32 vs float64; bf16 error vs the
+reference's own bf16 error), then times forward and forward+backward (do_bench medians) at the
+shapes of issue 2 with bf16 u/delta/B/C/z, float32 A/D/delta_bias, softplus and z gating, one
+group. Floor = max(minimal bytes / measured copy bandwidth, exps / measured exp2 rate), per
+../shared/reference/kernels.md section 5.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_common import bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s, time_once_ms, write_json  # noqa: E402
+
+from vscan.ops import selective_scan  # noqa: E402
+
+SHAPES = {  # name: (batch, channels, length, N); mamba_ssm 2.3.2 CUDA figures on an H100 (issue 2)
+    "vim_s_224": ((64, 768, 197, 16), 0.396, 1.598),
+    "vim_s_1024": ((8, 768, 4097, 16), 1.063, 5.052),
+    "long": ((2, 1536, 16384, 16), 1.104, 4.956),
+    "text": ((8, 2048, 2048, 16), 0.592, 3.050),
+}
+
+
+def make_inputs(b, d, L, N, dtype=torch.bfloat16, G=1, device="cuda", seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device=device, generator=g)  # noqa: E731
+    u = r(b, L, d).to(dtype)
+    delta = (r(b, L, d) * 0.5 - 1.0).to(dtype)
+    z = r(b, L, d).to(dtype)
+    B = r(b, L, G, N).to(dtype)
+    C = r(b, L, G, N).to(dtype)
+    A = -torch.exp(r(d, N) * 0.5)
+    D = r(d)
+    bias = r(d) * 0.1
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias)
+
+
+def run_scan(inp, backend, requires_grad=False):
+    return selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], z=inp["z"],
+                          delta_bias=inp["delta_bias"], delta_softplus=True, backend=backend)
+
+
+def with_grad(inp):
+    return {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
+
+
+def grads(inp, backend, gy):
+    x = with_grad(inp)
+    y = run_scan(x, backend)
+    y.backward(gy)
+    return y.detach(), {k: v.grad for k, v in x.items()}
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def check_correctness(report):
+    torch.manual_seed(0)
+    rows = []
+    for (b, d, L, N, G, seg) in [(2, 64, 1000, 16, 1, None), (2, 96, 777, 8, 2, "512"), (3, 64, 300, 16, 4, None)]:
+        if seg:
+            os.environ["VSCAN_SCAN_TARGET_PROGRAMS"] = seg
+        inp32 = make_inputs(b, d, L, N, torch.float32, G=G)
+        inp64 = {k: v.double() for k, v in inp32.items()}
+        gy = torch.randn(b, L, d, device="cuda")
+        y64, g64 = grads(inp64, "reference", gy.double())
+        y32, g32 = grads(inp32, "triton", gy)
+        inp16 = {k: (v.to(torch.bfloat16) if k in ("u", "delta", "z", "B", "C") else v) for k, v in inp32.items()}
+        y16k, g16k = grads(inp16, "triton", gy.to(torch.bfloat16))
+        # the reference computes in float32 from the same bf16 inputs: the "same low precision" baseline
+        y16r, g16r = grads(inp16, "reference", gy.to(torch.bfloat16))
+        row = dict(shape=(b, d, L, N, G), segments_forced=bool(seg),
+                   fp32_out=rel(y32, y64), fp32_grads_max=max(rel(g32[k], g64[k]) for k in g64),
+                   bf16_out_kernel=rel(y16k, y64), bf16_out_ref=rel(y16r, y64),
+                   bf16_grads_kernel_max=max(rel(g16k[k], g64[k]) for k in g64),
+                   bf16_grads_ref_max=max(rel(g16r[k], g64[k]) for k in g64))
+        os.environ.pop("VSCAN_SCAN_TARGET_PROGRAMS", None)
+        row["ok"] = (row["fp32_out"] < 1e-4 and row["fp32_grads_max"] < 1e-3
+                     and row["bf16_out_kernel"] <= 2 * row["bf16_out_ref"] + 1e-3
+                     and row["bf16_grads_kernel_max"] <= 2 * row["bf16_grads_ref_max"] + 1e-3)
+        rows.append(row)
+        print("correctness", row, flush=True)
+    report["correctness"] = rows
+    return all(r["ok"] for r in rows)
+
+
+def floors(b, d, L, N, bw, exprate, s=2, G=1, kz=1):
+    bytes_fwd = s * b * L * ((3 + kz) * d + 2 * G * N)
+    bytes_bwd = s * b * L * ((5 + 2 * kz) * d) + b * L * G * N * (2 * s + 2 * 4)
+    exps = N * b * L * d
+    f_fwd = max(bytes_fwd / bw, exps / exprate) * 1e3
+    f_all = max((bytes_fwd + bytes_bwd) / bw, 2 * exps / exprate) * 1e3
+    return f_fwd, f_all
+
+
+def time_shape(name, shape, with_ref=True):
+    b, d, L, N = shape
+    inp = make_inputs(b, d, L, N)
+    x = with_grad(inp)
+    gy = torch.randn(b, L, d, device="cuda", dtype=torch.bfloat16)
+    fwd = lambda: run_scan(inp, "triton")  # noqa: E731
+
+    def fwdbwd():
+        y = run_scan(x, "triton")
+        torch.autograd.grad(y, list(x.values()), gy)
+    res = dict(fwd_ms=bench_ms(fwd), fwdbwd_ms=bench_ms(fwdbwd))
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fwdbwd()
+    res["fwdbwd_peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    if with_ref:
+        res["ref_fwd_ms"] = time_once_ms(lambda: run_scan(inp, "reference"), reps=1)
+
+        def ref_fb():
+            y = run_scan(x, "reference")
+            torch.autograd.grad(y, list(x.values()), gy)
+        res["ref_fwdbwd_ms"] = time_once_ms(ref_fb, reps=1)
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results/bench_scan.json")
+    ap.add_argument("--sweep", action="store_true", help="also time a few tile configurations")
+    ap.add_argument("--no-ref", action="store_true", help="skip timing the PyTorch reference")
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_scan needs a CUDA GPU (the reference alone is timed by the CPU tests)")
+        return 0
+    report = dict(env=env_stamp())
+    bw = copy_bandwidth_gbs() * 1e9
+    exprate = exp2_rate_per_s()
+    report["ceilings"] = dict(copy_TBps=bw / 1e12, exp2_Tps=exprate / 1e12)
+    print("ceilings", report["ceilings"], flush=True)
+    ok = check_correctness(report)
+    if not ok:
+        print("CORRECTNESS FAILED: not timing")
+        write_json(args.out, report)
+        return 1
+    names = [n for n in args.shapes.split(",") if n]
+    tiles = [None]
+    if args.sweep:
+        tiles += ["32,32,4;32,32,4", "64,32,4;32,32,4", "32,64,4;32,32,8", "64,16,2;32,16,2", "16,64,4;16,32,4",
+                  "64,64,8;32,64,8"]
+    rows = []
+    for tile in tiles:
+        if tile:
+            os.environ["VSCAN_SCAN_TILES"] = tile
+        else:
+            os.environ.pop("VSCAN_SCAN_TILES", None)
+        for name in names:
+            shape, cuda_fwd, cuda_all = SHAPES[name]
+            r = time_shape(name, shape, with_ref=(tile is None and not args.no_ref))
+            f_fwd, f_all = floors(*shape, bw, exprate)
+            r.update(name=name, shape=shape, tile=tile or "default", floor_fwd_ms=f_fwd, floor_fwdbwd_ms=f_all,
+                     frac_floor_fwd=f_fwd / r["fwd_ms"], frac_floor_fwdbwd=f_all / r["fwdbwd_ms"],
+                     mamba_cuda_fwd_ms=cuda_fwd, mamba_cuda_fwdbwd_ms=cuda_all,
+                     vs_cuda_fwd=cuda_fwd / r["fwd_ms"], vs_cuda_fwdbwd=cuda_all / r["fwdbwd_ms"])
+            if "ref_fwd_ms" in r:
+                r["speedup_vs_ref_fwd"] = r["ref_fwd_ms"] / r["fwd_ms"]
+                r["speedup_vs_ref_fwdbwd"] = r["ref_fwdbwd_ms"] / r["fwdbwd_ms"]
+            rows.append(r)
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+            write_json(args.out, dict(report, rows=rows))
+    report["rows"] = rows
+    write_json(args.out, report)
+    print("\n| shape | tile | fwd ms | fwd+bwd ms | floor frac fwd | floor frac f+b | x mamba CUDA fwd | x mamba CUDA f+b | x ref f+b |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} {tuple(r['shape'])} | {r['tile']} | {r['fwd_ms']:.3f} | {r['fwdbwd_ms']:.3f} | "
+              f"{r['frac_floor_fwd']:.2f} | {r['frac_floor_fwdbwd']:.2f} | {r['vs_cuda_fwd']:.2f} | "
+              f"{r['vs_cuda_fwdbwd']:.2f} | {r.get('speedup_vs_ref_fwdbwd', float('nan')):.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
