@@ -28,8 +28,10 @@ def env_stamp() -> dict:
 def bench_ms(fn, warmup=25, rep=100) -> float:
     """Median milliseconds of fn() with triton.testing.do_bench (CUDA events)."""
     import triton
-    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5])[0]) \
-        if _do_bench_has_quantiles() else float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    if _do_bench_has_quantiles():
+        r = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5])
+        return float(r[0] if isinstance(r, (list, tuple)) else r)
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
 def _do_bench_has_quantiles():
