@@ -13,7 +13,7 @@ state from a zero start plus the segment's sum of dt, which `_segment_combine_fw
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
