@@ -12,8 +12,8 @@ from .scan_fwd import scan_fwd_kernel, segment_combine_kernel
 
 # Tiles: (BLOCK_T, BLOCK_D, num_warps) for forward and backward. Chosen on an H100, see
 # tools/bench_scan.py; overridable for experiments with VSCAN_SCAN_TILES="T,D,W;T,D,W".
-FWD_TILE = (32, 32, 4)
-BWD_TILE = (32, 32, 4)
+FWD_TILE = (64, 16, 2)
+BWD_TILE = (32, 16, 2)
 
 
 def _tiles():
