@@ -5,7 +5,8 @@ import types
 import pytest
 import torch
 
-import vscan.ops.multi_scan as ms
+import importlib
+ms = importlib.import_module("vscan.ops.multi_scan")  # the module; vscan.ops.multi_scan is the function
 from vscan.ops.multi_scan import multi_scan
 from vscan.ops.reference import selective_scan_ref
 from vscan.scans import get_order
