@@ -1,0 +1,248 @@
+"""Synthetic sequence tasks of the Mamba and Zoology papers, and an embedded byte-level text
+corpus built from text that ships with Python (no downloads).
+
+Every generator returns ``(inputs, labels)``, both (batch, length) int64: ``labels[b, t]`` is the
+token the model must predict at position t, or -100 (ignored). Randomness comes only from
+the ``generator`` argument, so a seed reproduces a batch exactly.
+
+* :func:`selective_copying` (Mamba section 4.1.1, s4's ``torch_copying_data``)
+* :func:`induction_heads` (Mamba section 4.1.2, safari's ``generate_induction_head``)
+* :func:`mqar` multi-query associative recall (Zoology, ``multiquery_ar``)
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import importlib
+import inspect
+import io
+
+import torch
+
+IGNORE = -100
+
+
+def _check(cond, field, msg):
+    if not cond:
+        raise ValueError(f"{field}: {msg}")
+
+
+def _random_subset(batch, n, k, generator, device=None):
+    """(batch, k) distinct ints from [0, n) per row, in random order."""
+    return torch.rand(batch, n, generator=generator, device=device).argsort(dim=1)[:, :k]
+
+
+def selective_copying(batch: int, seq_len: int = 256, num_tokens: int = 16, vocab_size: int = 16,
+                      generator: torch.Generator | None = None):
+    """``num_tokens`` data tokens (ids 1..vocab_size-2) at sorted random positions among noise
+    (id 0) in the first ``seq_len - num_tokens`` positions, then ``num_tokens`` markers
+    (id vocab_size-1); at the markers the model must output the data tokens in order."""
+    _check(vocab_size >= 3, "vocab_size", f"needs noise, marker and >= 1 data token (>= 3), got {vocab_size}")
+    _check(num_tokens >= 1, "num_tokens", f"expected >= 1, got {num_tokens}")
+    _check(seq_len >= 2 * num_tokens, "seq_len", f"must be >= 2 * num_tokens = {2 * num_tokens}, got {seq_len}")
+    region = seq_len - num_tokens
+    data = torch.randint(1, vocab_size - 1, (batch, num_tokens), generator=generator)
+    pos = _random_subset(batch, region, num_tokens, generator).sort(dim=1).values
+    inputs = torch.zeros(batch, seq_len, dtype=torch.long)
+    inputs.scatter_(1, pos, data)
+    inputs[:, region:] = vocab_size - 1
+    labels = torch.full_like(inputs, IGNORE)
+    labels[:, region:] = data
+    return inputs, labels
+
+
+def induction_heads(batch: int, seq_len: int = 256, vocab_size: int = 16, generator: torch.Generator | None = None):
+    """Random tokens from [0, vocab_size-1); the special token ``vocab_size-1`` appears at a random
+    position followed by the token to remember, and again at the end, where the model must
+    output that token (loss on the last position only)."""
+    _check(vocab_size >= 3, "vocab_size", f"expected >= 3, got {vocab_size}")
+    _check(seq_len >= 4, "seq_len", f"expected >= 4, got {seq_len}")
+    special = vocab_size - 1
+    inputs = torch.randint(0, special, (batch, seq_len), generator=generator)
+    target = torch.randint(0, special, (batch,), generator=generator)
+    p = torch.randint(0, seq_len - 2, (batch,), generator=generator)   # p + 1 <= seq_len - 2
+    rows = torch.arange(batch)
+    inputs[rows, p] = special
+    inputs[rows, p + 1] = target
+    inputs[:, -1] = special
+    labels = torch.full_like(inputs, IGNORE)
+    labels[:, -1] = target
+    return inputs, labels
+
+
+def mqar(batch: int, seq_len: int = 256, num_kv_pairs: int = 16, vocab_size: int = 8192, power_a: float = 0.01,
+         random_non_queries: bool = True, generator: torch.Generator | None = None):
+    """Multi-query associative recall. Keys (distinct, from [1, V/2)) and values (distinct, from
+    [V/2, V)) first appear as ``k1 v1 k2 v2 ...``; each key is then queried once at a slot chosen
+    with a power-law gap distribution p(g) ~ g^(a-1), followed by its value. The label at
+    every query key is its value; the rest of the sequence is random tokens (or zeros)."""
+    _check(num_kv_pairs >= 1, "num_kv_pairs", f"expected >= 1, got {num_kv_pairs}")
+    _check(4 * num_kv_pairs <= seq_len, "seq_len", f"must be >= 4 * num_kv_pairs = {4 * num_kv_pairs}, got {seq_len}")
+    _check(vocab_size // 2 - 1 >= num_kv_pairs, "vocab_size",
+           f"{vocab_size} leaves fewer than num_kv_pairs={num_kv_pairs} distinct keys in [1, vocab_size/2)")
+    _check(power_a > 0, "power_a", f"expected > 0, got {power_a}")
+    half, ctx = vocab_size // 2, 2 * num_kv_pairs
+    keys = _random_subset(batch, half - 1, num_kv_pairs, generator) + 1
+    values = _random_subset(batch, vocab_size - half, num_kv_pairs, generator) + half
+    if random_non_queries:
+        inputs = torch.randint(0, vocab_size, (batch, seq_len), generator=generator)
+    else:
+        inputs = torch.zeros(batch, seq_len, dtype=torch.long)
+    inputs[:, 0:ctx:2] = keys
+    inputs[:, 1:ctx:2] = values
+    slots = (seq_len - ctx) // 2
+    gaps = torch.arange(1, slots + 1, dtype=torch.float64)
+    w = (power_a * gaps ** (power_a - 1)).float().expand(batch, -1)
+    chosen = torch.multinomial(w, num_kv_pairs, replacement=False, generator=generator)   # (b, kv)
+    qpos = ctx + 2 * chosen
+    inputs.scatter_(1, qpos, keys)
+    inputs.scatter_(1, qpos + 1, values)
+    labels = torch.full_like(inputs, IGNORE)
+    labels.scatter_(1, qpos, values)
+    return inputs, labels
+
+
+# ----------------------------------------------------------------------------- text corpus
+CORPUS_MODULES = (
+    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "contextlib",
+    "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions", "functools",
+    "gzip", "hashlib", "heapq", "html", "http.client", "inspect", "io", "ipaddress", "itertools", "json",
+    "logging", "math", "operator", "os", "pathlib", "pickle", "pprint", "queue", "random", "re", "sched",
+    "shutil", "socket", "sqlite3", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile",
+    "textwrap", "threading", "time", "tokenize", "turtle", "typing", "unittest", "urllib.parse", "uuid",
+    "weakref", "zipfile",
+)
+
+
+def _zen() -> str:
+    with contextlib.redirect_stdout(io.StringIO()):   # `import this` prints the Zen
+        import this
+    return codecs.decode(this.s, "rot13")
+
+
+def _docstrings(module_name: str) -> list[str]:
+    try:
+        mod = importlib.import_module(module_name)
+    except Exception:   # a module missing from this Python build is skipped
+        return []
+    out = [inspect.getdoc(mod) or ""]
+    for name in sorted(dir(mod)):
+        if name.startswith("_"):
+            continue
+        obj = getattr(mod, name, None)
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == mod.__name__:
+            out.append(f"{name}\n{inspect.getdoc(obj) or ''}")
+            if inspect.isclass(obj):
+                for mname, meth in sorted(vars(obj).items()):
+                    if not mname.startswith("_") and inspect.isfunction(meth) and meth.__doc__:
+                        out.append(f"{name}.{mname}\n{inspect.getdoc(meth)}")
+    return [s for s in out if s.strip()]
+
+
+def embedded_text_corpus(max_bytes: int | None = None) -> str:
+    """English text that ships with Python: the Zen of Python, the interactive help topics
+    (``pydoc_data.topics``) and the docstrings of ~60 standard-library modules, joined in a
+    fixed order. The exact bytes depend on the Python version."""
+    parts = [_zen()]
+    try:
+        from pydoc_data.topics import topics
+        parts += [topics[k] for k in sorted(topics)]
+    except ImportError:
+        pass
+    for m in CORPUS_MODULES:
+        parts += _docstrings(m)
+    text = "\n\n".join(p.strip() for p in parts if p.strip()) + "\n"
+    if max_bytes is not None:
+        text = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+    return text
+
+
+class ByteCorpus:
+    """A text as a uint8 tensor of UTF-8 bytes, split into train (first part) and validation
+    (last ``val_fraction``), sampled as random windows for next-byte prediction."""
+
+    def __init__(self, text: str | None = None, val_fraction: float = 0.05, max_bytes: int | None = None):
+        _check(0 < val_fraction < 1, "val_fraction", f"expected a value in (0, 1), got {val_fraction}")
+        text = embedded_text_corpus(max_bytes) if text is None else text
+        data = torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8)
+        n_val = max(2, int(len(data) * val_fraction))
+        _check(len(data) - n_val >= 2, "text", f"too short ({len(data)} bytes) to split")
+        self.train, self.val = data[:-n_val], data[-n_val:]
+
+    def sample(self, batch: int, seq_len: int, split: str = "train", generator: torch.Generator | None = None):
+        data = {"train": self.train, "val": self.val}.get(split)
+        _check(data is not None, "split", f"expected 'train' or 'val', got {split!r}")
+        _check(len(data) > seq_len + 1, "seq_len", f"{seq_len} does not fit the {split} split ({len(data)} bytes)")
+        start = torch.randint(0, len(data) - seq_len - 1, (batch,), generator=generator)
+        idx = start[:, None] + torch.arange(seq_len + 1)
+        chunk = data[idx].long()
+        return chunk[:, :-1], chunk[:, 1:]
+
+
+# ----------------------------------------------------------------------------- tasks
+class Task:
+    """A named task: ``vocab_size`` and ``sample(batch, generator, seq_len=None, split='train')``."""
+    name = "task"
+    vocab_size: int
+    seq_len: int
+
+    def sample(self, batch: int, generator=None, seq_len: int | None = None, split: str = "train"):
+        raise NotImplementedError
+
+
+class MQARTask(Task):
+    name = "mqar"
+
+    def __init__(self, seq_len: int = 256, num_kv_pairs: int = 16, vocab_size: int = 8192, power_a: float = 0.01,
+                 random_non_queries: bool = True):
+        self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
+        self.power_a, self.random_non_queries = power_a, random_non_queries
+        mqar(1, seq_len, num_kv_pairs, vocab_size, power_a, random_non_queries)   # validate once
+
+    def sample(self, batch, generator=None, seq_len=None, split="train"):
+        return mqar(batch, seq_len or self.seq_len, self.num_kv_pairs, self.vocab_size, self.power_a,
+                    self.random_non_queries, generator)
+
+
+class InductionTask(Task):
+    name = "induction"
+
+    def __init__(self, seq_len: int = 256, vocab_size: int = 16):
+        self.seq_len, self.vocab_size = seq_len, vocab_size
+        induction_heads(1, seq_len, vocab_size)
+
+    def sample(self, batch, generator=None, seq_len=None, split="train"):
+        return induction_heads(batch, seq_len or self.seq_len, self.vocab_size, generator)
+
+
+class CopyTask(Task):
+    name = "copy"
+
+    def __init__(self, seq_len: int = 256, num_tokens: int = 16, vocab_size: int = 16):
+        self.seq_len, self.num_tokens, self.vocab_size = seq_len, num_tokens, vocab_size
+        selective_copying(1, seq_len, num_tokens, vocab_size)
+
+    def sample(self, batch, generator=None, seq_len=None, split="train"):
+        return selective_copying(batch, seq_len or self.seq_len, self.num_tokens, self.vocab_size, generator)
+
+
+class TextTask(Task):
+    """Next-byte prediction on :func:`embedded_text_corpus` (vocabulary: ByteTokenizer's 259)."""
+    name = "text"
+    vocab_size = 259
+
+    def __init__(self, seq_len: int = 256, max_bytes: int | None = None, val_fraction: float = 0.05):
+        self.seq_len = seq_len
+        self.corpus = ByteCorpus(max_bytes=max_bytes, val_fraction=val_fraction)
+
+    def sample(self, batch, generator=None, seq_len=None, split="train"):
+        return self.corpus.sample(batch, seq_len or self.seq_len, split, generator)
+
+
+TASKS = {"mqar": MQARTask, "induction": InductionTask, "copy": CopyTask, "text": TextTask}
+
+
+def make_task(name: str, **kwargs) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name](**kwargs)

@@ -1,0 +1,256 @@
+"""``vscan lm``: train and evaluate a language model (Mamba, Jamba, Hymba or attention-only) on
+a synthetic recall task (MQAR, induction heads, selective copying) or on the embedded
+byte-level text corpus. Writes ``metrics.json``, ``metrics.csv``, ``curves.png`` and
+``model.pt`` to ``--out``.
+
+    vscan lm --model jamba --task mqar --d-model 64 --seq-len 256 --num-kv 16 --steps 2000 --out runs/lm/x
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MODELS = ("mamba", "jamba", "hymba", "attention")
+TASK_VOCAB = {"mqar": 8192, "induction": 16, "copy": 16}
+
+
+def _int_list(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()] if s else []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vscan lm", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=MODELS, default="mamba")
+    p.add_argument("--task", choices=("mqar", "induction", "copy", "text"), default="mqar")
+    g = p.add_argument_group("model size")
+    g.add_argument("--d-model", type=int, default=64)
+    g.add_argument("--n-layers", type=int, default=2)
+    g.add_argument("--d-state", type=int, default=16)
+    g.add_argument("--d-conv", type=int, default=4)
+    g.add_argument("--expand", type=float, default=2)
+    g.add_argument("--heads", type=int, default=2, help="attention heads")
+    g.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
+    g.add_argument("--d-ff", type=int, default=0, help="MLP / expert width; 0 = no MLP (Zoology's MQAR setting)")
+    g.add_argument("--window", type=int, default=None, help="sliding window (attention: all layers; hymba: local layers)")
+    g.add_argument("--meta-tokens", type=int, default=0, help="hymba: learnable meta tokens")
+    g.add_argument("--num-experts", type=int, default=1, help="jamba: experts per MoE layer (1 = dense MLP)")
+    g.add_argument("--top-k", type=int, default=2, help="jamba: experts per token")
+    g.add_argument("--attn-period", type=int, default=None, help="jamba: attn_layer_period (default min(8, n_layers))")
+    g.add_argument("--attn-offset", type=int, default=None, help="jamba: attn_layer_offset (default period // 2)")
+    t = p.add_argument_group("task")
+    t.add_argument("--seq-len", type=int, default=256)
+    t.add_argument("--num-kv", type=int, default=16, help="mqar: key-value pairs")
+    t.add_argument("--vocab", type=int, default=None, help=f"task vocabulary (default {TASK_VOCAB})")
+    t.add_argument("--copy-tokens", type=int, default=16, help="copy: tokens to memorise")
+    t.add_argument("--zero-fill", action="store_true", help="mqar: zeros instead of random non-query tokens")
+    t.add_argument("--eval-lengths", type=_int_list, default=[],
+                   help="comma-separated longer test lengths (induction, copy, text), e.g. 512,1024,4096")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--batch", type=int, default=32)
+    o.add_argument("--steps", type=int, default=1000)
+    o.add_argument("--lr", type=float, default=1e-3)
+    o.add_argument("--weight-decay", type=float, default=0.1)
+    o.add_argument("--warmup", type=int, default=50)
+    o.add_argument("--grad-clip", type=float, default=1.0)
+    o.add_argument("--eval-every", type=int, default=100)
+    o.add_argument("--eval-batches", type=int, default=4)
+    o.add_argument("--eval-batch", type=int, default=64)
+    o.add_argument("--target-acc", type=float, default=None, help="stop early once eval accuracy reaches this")
+    o.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=Path("runs/lm"))
+    p.add_argument("--no-save", action="store_true", help="do not write model.pt")
+    p.add_argument("--sample", type=int, default=0, help="text: bytes to generate from a prompt after training")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def make_task(args):
+    from vscan.data.text_tasks import make_task as _make
+    vocab = args.vocab or TASK_VOCAB.get(args.task)
+    if args.task == "mqar":
+        return _make("mqar", seq_len=args.seq_len, num_kv_pairs=args.num_kv, vocab_size=vocab,
+                     random_non_queries=not args.zero_fill)
+    if args.task == "induction":
+        return _make("induction", seq_len=args.seq_len, vocab_size=vocab)
+    if args.task == "copy":
+        return _make("copy", seq_len=args.seq_len, num_tokens=args.copy_tokens, vocab_size=vocab)
+    return _make("text", seq_len=args.seq_len)
+
+
+def build_model(args, vocab_size: int):
+    from vscan.models.lm import AttentionLM, HymbaLM, JambaLM, MambaLM
+    d, n = args.d_model, args.n_layers
+    kv = args.kv_heads or args.heads
+    max_len = max([args.seq_len, *args.eval_lengths]) + args.meta_tokens + 1
+    if args.model == "mamba":
+        return MambaLM(vocab_size=vocab_size, d_model=d, n_layers=n, d_state=args.d_state, d_conv=args.d_conv,
+                       expand=args.expand, d_ff=args.d_ff)
+    if args.model == "attention":
+        return AttentionLM(vocab_size=vocab_size, d_model=d, n_layers=n, num_heads=args.heads, num_kv_heads=kv,
+                           d_ff=args.d_ff, window=args.window)
+    if args.model == "jamba":
+        period = args.attn_period or min(8, n)
+        offset = args.attn_offset if args.attn_offset is not None else period // 2
+        return JambaLM(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=n, num_attention_heads=args.heads,
+                       num_key_value_heads=kv, intermediate_size=args.d_ff, num_experts=args.num_experts,
+                       num_experts_per_tok=min(args.top_k, args.num_experts), attn_layer_period=period,
+                       attn_layer_offset=offset, expert_layer_period=2, expert_layer_offset=1 if n > 1 else 0,
+                       mamba_d_state=args.d_state, mamba_d_conv=args.d_conv, mamba_expand=args.expand,
+                       sliding_window=args.window, max_position_embeddings=max_len,
+                       pad_token_id=None, bos_token_id=None, eos_token_id=None, tie_word_embeddings=True)
+    return HymbaLM(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=n, num_attention_heads=args.heads,
+                   num_key_value_heads=kv, intermediate_size=args.d_ff, num_memory_tokens=args.meta_tokens,
+                   sliding_window=args.window, mamba_d_state=args.d_state, mamba_d_conv=args.d_conv,
+                   mamba_expand=args.expand, max_position_embeddings=max_len,
+                   pad_token_id=None, bos_token_id=None, eos_token_id=None)
+
+
+def _loss_and_acc(model, x, y):
+    """Cross-entropy and accuracy over the labelled positions only (logits are computed there
+    alone, which keeps an 8192-token vocabulary cheap)."""
+    h = model.forward_hidden(x)
+    mask = y != -100
+    logits = model.logits(h[mask])
+    target = y[mask]
+    loss = F.cross_entropy(logits.float(), target)
+    acc = (logits.argmax(-1) == target).float().mean()
+    return loss, acc
+
+
+@torch.no_grad()
+def evaluate(model, task, args, seq_len=None, batches=None):
+    model.eval()
+    g = torch.Generator().manual_seed(10_000 + args.seed)        # the same eval batches every time
+    losses, accs = [], []
+    for _ in range(batches or args.eval_batches):
+        x, y = task.sample(args.eval_batch, g, seq_len=seq_len, split="val")
+        loss, acc = _loss_and_acc(model, x, y)
+        losses.append(loss.item())
+        accs.append(acc.item())
+    model.train()
+    return sum(losses) / len(losses), sum(accs) / len(accs)
+
+
+def _lr_at(step, args, elapsed: float = 0.0):
+    """Linear warm-up, then cosine decay to 0 over the run; with ``--time-limit`` the decay
+    follows whichever of steps and time runs out first, so a time-boxed run still anneals."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    if args.time_limit:
+        frac = max(frac, elapsed / args.time_limit)
+    return args.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _optimizer(model, args):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+
+
+def train(args) -> dict:
+    from tqdm import tqdm
+
+    from vscan.engine.io import atomic_torch_save, atomic_write_csv, atomic_write_json
+    from vscan.engine.plots import plot_curves
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    task = make_task(args)
+    model = build_model(args, task.vocab_size)
+    opt = _optimizer(model, args)
+    g = torch.Generator().manual_seed(args.seed)
+    ev_loss, ev_acc = evaluate(model, task, args)
+    rows = [{"step": 0, "train_loss": None, "train_acc": None, "eval_loss": ev_loss, "eval_acc": ev_acc,
+             "lr": 0.0, "elapsed_s": 0.0}]
+    t0 = time.time()
+    best_acc, stopped = ev_acc, "steps"
+    bar = tqdm(range(args.steps), desc=f"{args.model}/{args.task}", disable=args.quiet, dynamic_ncols=True)
+    for step in bar:
+        lr = _lr_at(step, args, time.time() - t0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = task.sample(args.batch, g)
+        loss, acc = _loss_and_acc(model, x, y)
+        total = loss + model.aux_loss_coef * model.aux_loss() if model.aux_loss_coef else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if args.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        last = step + 1 == args.steps
+        out_of_time = args.time_limit is not None and time.time() - t0 > args.time_limit
+        if (step + 1) % args.eval_every == 0 or last or out_of_time:
+            ev_loss, ev_acc = evaluate(model, task, args)
+            best_acc = max(best_acc, ev_acc)
+            rows.append({"step": step + 1, "train_loss": loss.item(), "train_acc": acc.item(), "eval_loss": ev_loss,
+                         "eval_acc": ev_acc, "lr": lr, "elapsed_s": round(time.time() - t0, 1)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", eval_acc=f"{ev_acc:.3f}")
+            if args.target_acc is not None and ev_acc >= args.target_acc:
+                stopped = "target_acc"
+                break
+        if out_of_time:
+            stopped = "time_limit"
+            break
+    bar.close()
+    train_s = time.time() - t0
+    final = {"eval_loss": rows[-1]["eval_loss"], "eval_acc": rows[-1]["eval_acc"], "best_eval_acc": best_acc,
+             "steps_run": rows[-1]["step"], "stopped_by": stopped, "train_seconds": round(train_s, 1)}
+    if args.task == "text":
+        final["eval_bits_per_byte"] = final["eval_loss"] / math.log(2)
+    for L in args.eval_lengths:
+        _, acc_L = evaluate(model, task, args, seq_len=L)
+        final[f"acc@{L}"] = acc_L
+    if args.sample and args.task == "text":
+        from vscan.models.lm import ByteTokenizer
+        tok = ByteTokenizer()
+        prompt = tok("The Zen of Python")
+        out_ids = model.generate(prompt, max_new_tokens=args.sample, temperature=0.8, top_p=0.95,
+                                 generator=torch.Generator().manual_seed(args.seed))
+        final["sample"] = tok.decode(out_ids)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": "vscan lm " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("vscan", "lm.py") else None,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "params": model.num_params(), "final": final, "history": rows,
+        "env": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+                "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat()},
+    }
+    atomic_write_json(args.out / "metrics.json", result)
+    atomic_write_csv(args.out / "metrics.csv", rows)
+    plot_curves(rows, args.out / "curves.png", x="step", panels=[["train_loss", "eval_loss"], ["train_acc", "eval_acc"]],
+                title=f"{args.model} on {args.task} (d_model {args.d_model})")
+    if not args.no_save:
+        atomic_torch_save({"state_dict": model.state_dict(), "args": result["args"]}, args.out / "model.pt")
+    return result
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("d_model", "n_layers", "batch", "steps", "seq_len", "eval_every", "eval_batches", "eval_batch"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"vscan lm: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    res = train(args)
+    print(json.dumps({"model": args.model, "task": args.task, "params": res["params"], **{
+        k: v for k, v in res["final"].items() if k != "sample"}}, indent=None))
+    if "sample" in res["final"]:
+        print(res["final"]["sample"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
