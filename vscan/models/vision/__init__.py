@@ -1,9 +1,14 @@
 """vscan.models.vision: timm-registered vision backbones (importing this registers them).
 
-Families: Vision Mamba (``vim``), VMamba-style hierarchical (``vmamba``), MambaVision-style
-hybrid (``mamba_hybrid``), VideoMamba-style video (``videomamba``) and Mamba-ND volumes
-(``mamba_nd``); every family also has a CI-sized ``*_ci`` variant.
+Families (timm module names in brackets): Vision Mamba [vim], VMamba-style hierarchical
+[vmamba], MambaVision-style hybrid [mamba_hybrid], VideoMamba-style video [videomamba] and
+Mamba-ND volumes [mamba_nd]. Every family has a CI-sized ``vscan_*_ci`` variant.
+``timm.list_models('vscan_*')`` lists them all.
 """
-from .vim import VisionMamba  # noqa: F401
+from .mamba_hybrid import MambaHybrid
+from .mamba_nd import MambaND
+from .videomamba import VideoMamba
+from .vim import VisionMamba
+from .vmamba import VMamba
 
-__all__ = ["VisionMamba"]
+__all__ = ["VisionMamba", "VMamba", "MambaHybrid", "VideoMamba", "MambaND"]

@@ -1,0 +1,354 @@
+"""Vision Mamba (Vim): a plain (isotropic) stack of bidirectional Mamba blocks as a timm model.
+
+Layout (Vim, arXiv 2401.09417; sizes Ti/S/B = 192/384/768 wide, 24 deep): conv patch
+embedding, learned absolute position embedding (resampled for any input size divisible by
+the patch), a class token in the middle of the sequence, pre-norm blocks
+``x + DropPath(BidirectionalMamba(RMSNorm(x)))`` with the residual stream kept in float32,
+a final RMSNorm and a linear head on the class token.
+
+The class token's place in each scan is given by the scan order
+(:func:`vscan.scans.with_cls_token`), not by the model: with the default 'bidirectional'
+order the forward branch meets it halfway and the backward branch likewise, as in Vim.
+Any other order set works too (``orders='cross'`` scans the patch grid four ways).
+
+``forward_features`` returns the normalised tokens (batch, 1 + H*W, dim) with the class
+token at its sequence position, like timm's ViTs; ``forward_intermediates`` returns
+(batch, dim, H, W) maps of the patch tokens.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, PatchEmbed, register_notrace_function, register_notrace_module, \
+    resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+
+from vscan.layers import RMSNorm
+from vscan.layers.bimamba import BidirectionalMamba
+from vscan.scans import cls_position, with_cls_token
+
+from ._common import drop_path_rates, check_input, factory_kwargs, init_linear, reject_unknown, rescale_out_proj, \
+    ssm_no_weight_decay, take_indices
+
+__all__ = ["VisionMamba", "VimBlock"]
+
+register_notrace_module(BidirectionalMamba)    # data-dependent scan loops: one opaque call under FX
+CLS_POSITIONS = ("start", "middle", "end")
+
+
+class VimBlock(nn.Module):
+    """``x + DropPath(mixer(RMSNorm(x)))``; the mixer runs in the parameters' dtype, the
+    residual stream keeps the dtype it arrives in (float32 in Vim)."""
+
+    def __init__(self, dim: int, orders, d_state: int = 16, d_conv: int = 4, expand: float = 2.0,
+                 dt_rank="auto", drop_path: float = 0.0, norm_eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.norm = RMSNorm(dim, eps=norm_eps, **dd)
+        self.mixer = BidirectionalMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
+                                        orders=orders, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid_shape: Tuple[int, ...]) -> torch.Tensor:
+        h = self.norm(x).to(self.norm.weight.dtype)
+        return x + self.drop_path(self.mixer(h, grid_shape)).to(x.dtype)
+
+
+@register_notrace_function
+def embed_tokens(x: torch.Tensor, pos_embed: Optional[torch.Tensor], cls_token: Optional[torch.Tensor],
+                 base_grid: Tuple[int, int], position: str) -> torch.Tensor:
+    """(B, H, W, C) patch grid -> (B, H*W [+1], C) tokens with position embeddings added and the
+    class token inserted at its sequence position (pos_embed is timm-layout: class slot first)."""
+    B, H, W, C = x.shape
+    x = x.reshape(B, H * W, C)
+    num_prefix = 1 if cls_token is not None else 0
+    if pos_embed is not None:
+        if (H, W) != tuple(base_grid):
+            pos_embed = resample_abs_pos_embed(pos_embed, new_size=[H, W], old_size=list(base_grid),
+                                               num_prefix_tokens=num_prefix)
+        x = x + pos_embed[:, num_prefix:].to(x.dtype)
+    if cls_token is None:
+        return x
+    cls = cls_token.expand(B, -1, -1).to(x.dtype)
+    if pos_embed is not None:
+        cls = cls + pos_embed[:, :1].to(x.dtype)
+    p = cls_position((H, W), position)
+    return torch.cat([x[:, :p], cls, x[:, p:]], dim=1)
+
+
+@register_notrace_function
+def split_cls(x: torch.Tensor, grid: Tuple[int, int], position: str, has_cls: bool):
+    """(B, 1+H*W, C) -> (class token (B, C) or None, patch tokens (B, H*W, C))."""
+    if not has_cls:
+        return None, x
+    p = cls_position(tuple(grid), position)
+    return x[:, p], torch.cat([x[:, :p], x[:, p + 1:]], dim=1)
+
+
+class VisionMamba(nn.Module):
+    """Vision Mamba (Vim) classifier; every hyper-parameter is a keyword.
+
+    Args:
+        img_size: default input size (the position embedding's grid); other sizes divisible by
+            ``patch_size`` work, the embedding is resampled.
+        patch_size, in_chans, num_classes, embed_dim, depth: as in ViT.
+        global_pool: 'token' (the class token), 'avg' (mean of patch tokens) or '' (none).
+        class_token: use a class token; ``cls_position``: 'middle' (Vim), 'start' or 'end'.
+        orders: scan order set of every block ('bidirectional' = Vim's bimamba v2).
+        d_state, d_conv, expand, dt_rank: Mamba mixer sizes.
+        residual_in_fp32: keep the residual stream in float32 under bf16/fp16.
+        pos_embed: learned absolute position embedding.
+        drop_rate, pos_drop_rate, drop_path_rate: dropout before the head, after the
+            position embedding, and stochastic depth (linear over depth).
+    """
+
+    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, global_pool: str = "token", embed_dim: int = 192, depth: int = 24,
+                 d_state: int = 16, d_conv: int = 4, expand: float = 2.0, dt_rank="auto",
+                 orders="bidirectional", class_token: bool = True, cls_position: str = "middle",
+                 pos_embed: bool = True, residual_in_fp32: bool = True, norm_eps: float = 1e-5,
+                 drop_rate: float = 0.0, pos_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 device=None, dtype=None, **kwargs):
+        reject_unknown(type(self).__name__, kwargs)
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
+        if cls_position not in CLS_POSITIONS:
+            raise ValueError(f"cls_position must be one of {CLS_POSITIONS}, got {cls_position!r}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.has_class_token, self.cls_position = class_token, cls_position
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.residual_in_fp32 = residual_in_fp32
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                      embed_dim=embed_dim, output_fmt="NHWC", strict_img_size=False, **dd)
+        self.patch_size = self.patch_embed.patch_size
+        grid = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd)) if class_token else None
+        self.pos_embed = (nn.Parameter(torch.zeros(1, self.num_prefix_tokens + grid[0] * grid[1], embed_dim, **dd))
+                          if pos_embed else None)
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        block_orders = with_cls_token(orders, cls_position) if class_token else orders
+        dpr = drop_path_rates(drop_path_rate, [depth])[0]
+        self.blocks = nn.ModuleList([
+            VimBlock(embed_dim, block_orders, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
+                     drop_path=dpr[i], norm_eps=norm_eps, **dd) for i in range(depth)])
+        self.norm = RMSNorm(embed_dim, eps=norm_eps, **dd)
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=self.patch_size[0])
+                             for i in range(depth)]
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        init_linear(self)
+        rescale_out_proj(self.blocks, len(self.blocks))
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=0.02)
+
+    # -- timm model API -------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return ssm_no_weight_decay(self, extra=("pos_embed", "cls_token"))
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None),
+                                                                         (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in ("token", "avg", ""):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+            if global_pool == "token" and not self.has_class_token:
+                raise ValueError("global_pool='token' needs a class token")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes, **factory_kwargs(self)) if num_classes > 0 \
+            else nn.Identity()
+        self.head.train(self.training)
+
+    def set_input_size(self, img_size=None, patch_size=None):
+        """Change the default input size (and patch size); the position embedding is resampled."""
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        self.patch_size = self.patch_embed.patch_size
+        new_grid = self.patch_embed.grid_size
+        if self.pos_embed is not None and tuple(new_grid) != tuple(old_grid):
+            with torch.no_grad():
+                new = resample_abs_pos_embed(self.pos_embed, new_size=list(new_grid), old_size=list(old_grid),
+                                             num_prefix_tokens=self.num_prefix_tokens)
+            requires_grad = self.pos_embed.requires_grad
+            self.pos_embed = nn.Parameter(new, requires_grad=requires_grad)
+        for info in self.feature_info:
+            info["reduction"] = self.patch_size[0]
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def _tokens(self, x: torch.Tensor):
+        """Image -> (float32-or-not token stream, patch grid (H, W), compute dtype)."""
+        x = check_input(type(self).__name__, x, 4, self.in_chans, self.patch_size)
+        x = self.patch_embed(x)                                     # (B, H, W, C)
+        grid = (x.shape[1], x.shape[2])
+        x = embed_tokens(x, self.pos_embed, self.cls_token, self.patch_embed.grid_size, self.cls_position)
+        x = self.pos_drop(x)
+        dtype = x.dtype
+        if self.residual_in_fp32:
+            x = x.float()
+        return x, grid, dtype
+
+    def _block(self, blk: nn.Module, x: torch.Tensor, grid):
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, grid)
+        return blk(x, grid)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, grid, dtype = self._tokens(x)
+        for blk in self.blocks:
+            x = self._block(blk, x, grid)
+        return self.norm(x).to(dtype)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "token":
+            x = x[:, cls_index(x.shape[1], self.cls_position)]
+        elif self.global_pool == "avg":
+            x = patch_mean(x, self.cls_position, self.has_class_token)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Block outputs as (B, C, H, W) maps ('NHWC' / 'NLC' also), and the final features."""
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.blocks), indices)
+        x, grid, dtype = self._tokens(x)
+        blocks = self.blocks if not stop_early else self.blocks[:max_index + 1]
+        intermediates, prefixes = [], []
+        for i, blk in enumerate(blocks):
+            x = self._block(blk, x, grid)
+            if i in take:
+                y = (self.norm(x) if norm else x).to(dtype)
+                cls, patches = split_cls(y, grid, self.cls_position, self.has_class_token)
+                prefixes.append(cls)
+                if output_fmt != "NLC":
+                    patches = patches.reshape(patches.shape[0], grid[0], grid[1], -1)
+                    if output_fmt == "NCHW":
+                        patches = patches.permute(0, 3, 1, 2).contiguous()
+                intermediates.append(patches)
+        if return_prefix_tokens and self.has_class_token:
+            intermediates = list(zip(intermediates, prefixes))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x).to(dtype), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take, max_index = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+
+def patch_mean(x: torch.Tensor, position: str, has_cls: bool) -> torch.Tensor:
+    """Mean over the patch tokens of (B, L, C), leaving the class token out."""
+    if not has_cls:
+        return x.mean(1)
+    L = x.shape[1]
+    return (x.sum(1) - x[:, cls_index(L, position)]) / (L - 1)
+
+
+def cls_index(length, position: str):
+    """Sequence position of the class token in a sequence of ``length`` = 1 + H*W tokens."""
+    if position == "start":
+        return 0
+    if position == "end":
+        return length - 1
+    return (length - 1) // 2
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+def _cfg(**kwargs):
+    return {"num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
+            "interpolation": "bicubic", "fixed_input_size": False, "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225), "first_conv": "patch_embed.proj", "classifier": "head",
+            "license": "apache-2.0", "paper_ids": "arXiv:2401.09417", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "vscan_vim_tiny_patch16_224": _cfg(),
+    "vscan_vim_small_patch16_224": _cfg(),
+    "vscan_vim_base_patch16_224": _cfg(),
+    "vscan_vim_micro_patch4_32": _cfg(input_size=(3, 32, 32), crop_pct=1.0, num_classes=10,
+                                      notes="small Vim for 32x32 images (the digits demo)"),
+    "vscan_vim_ci": _cfg(input_size=(3, 64, 64), notes="CI-sized"),
+})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs):
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(VisionMamba, variant, pretrained,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+
+
+@register_model
+def vscan_vim_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Vim-Ti: 192 wide, 24 bidirectional blocks, middle class token (~7M params)."""
+    return _create("vscan_vim_tiny_patch16_224", pretrained, **dict(dict(embed_dim=192, depth=24), **kwargs))
+
+
+@register_model
+def vscan_vim_small_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Vim-S: 384 wide, 24 blocks (~26M params)."""
+    return _create("vscan_vim_small_patch16_224", pretrained, **dict(dict(embed_dim=384, depth=24), **kwargs))
+
+
+@register_model
+def vscan_vim_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Vim-B: 768 wide, 24 blocks (~98M params)."""
+    return _create("vscan_vim_base_patch16_224", pretrained, **dict(dict(embed_dim=768, depth=24), **kwargs))
+
+
+@register_model
+def vscan_vim_micro_patch4_32(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """A small Vim for 32x32 inputs (patch 4, 64 tokens): the CPU digits demo."""
+    args = dict(img_size=32, patch_size=4, embed_dim=96, depth=6, d_state=8)
+    return _create("vscan_vim_micro_patch4_32", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vscan_vim_ci(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """CI-sized Vim (32 wide, 3 blocks, d_state 4) for fast CPU tests."""
+    args = dict(img_size=64, patch_size=16, embed_dim=32, depth=3, d_state=4)
+    return _create("vscan_vim_ci", pretrained, **dict(args, **kwargs))

@@ -1,0 +1,285 @@
+"""VMamba-style hierarchical backbone (VMamba v2, arXiv 2401.10166) as a timm model.
+
+Four stages on channel-last (B, H, W, C) maps: a stem of two 3x3 stride-2 convolutions
+(/4), then stages of VSS blocks ``x + DropPath(SS2D(LN(x)))`` and ``x + DropPath(MLP(LN(x)))``,
+with a 3x3 stride-2 convolution + LayerNorm between stages (/8, /16, /32), a final LayerNorm
+and an average-pool + linear head. The SS2D mixer is :class:`vscan.layers.multidir.MultiDirMamba`:
+state size 1, no z gate, a depthwise 3x3 conv and, by default, the four-way 'cross' scan
+(any ``orders`` works: 'zigzag', 'hilbert', ['local4', 'local4_rev', ...]).
+
+Sizes follow the released v2 configurations (forward type 'v05_noz'):
+T = depths (2, 2, 8, 2), dim 96, ssm_ratio 1.0; S = (2, 2, 15, 2), 96, 2.0;
+B = (2, 2, 15, 2), 128, 2.0; all with d_state 1 and MLP ratio 4.
+
+``forward_features`` returns NHWC maps (``output_fmt = 'NHWC'``), like timm's MambaOut.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, register_notrace_module
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+
+from vscan.layers.multidir import MultiDirMamba
+
+from ._common import check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown, ssm_no_weight_decay, take_indices
+
+__all__ = ["VMamba", "VSSBlock"]
+
+register_notrace_module(MultiDirMamba)
+
+
+def _to_nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+class Stem(nn.Module):
+    """Image (B, C, H, W) -> (B, H/4, W/4, dim): conv3x3/2, LN, GELU, conv3x3/2, LN (VMamba's v2 stem)."""
+
+    def __init__(self, in_chans: int, dim: int, norm_eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1, **dd)
+        self.norm1 = LayerNorm2d(dim // 2, eps=norm_eps, **dd)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(self.act(self.norm1(self.conv1(x))))
+        return self.norm2(_to_nhwc(x))
+
+
+class Downsample(nn.Module):
+    """(B, H, W, C) -> (B, H/2, W/2, C_out): conv3x3/2 + LayerNorm."""
+
+    def __init__(self, dim: int, dim_out: int, norm_eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.conv = nn.Conv2d(dim, dim_out, 3, stride=2, padding=1, **dd)
+        self.norm = nn.LayerNorm(dim_out, eps=norm_eps, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(_to_nhwc(self.conv(_to_nchw(x))))
+
+
+class VSSBlock(nn.Module):
+    """VMamba's VSS block on (B, H, W, C): multi-direction SSM, then an MLP (if mlp_ratio > 0)."""
+
+    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", d_conv: int = 3,
+                 orders="cross", mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-5,
+                 device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.mixer = MultiDirMamba(dim, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                                   orders=orders, spatial_dims=2, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if mlp_ratio > 0:
+            self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
+        else:
+            self.norm2 = self.mlp = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.mixer(self.norm(x)))
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class VMambaStage(nn.Module):
+    def __init__(self, dim_in: int, dim: int, depth: int, downsample: bool, drop_path: Sequence[float],
+                 norm_eps: float = 1e-5, device=None, dtype=None, **block_kwargs):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.downsample = Downsample(dim_in, dim, norm_eps, **dd) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[VSSBlock(dim, drop_path=drop_path[i], norm_eps=norm_eps, **block_kwargs, **dd)
+                                      for i in range(depth)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def _per_stage(value, n: int, name: str) -> tuple:
+    out = tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
+    if len(out) != n:
+        raise ValueError(f"{name}: expected one value or {n} (one per stage), got {value!r}")
+    return out
+
+
+class VMamba(nn.Module):
+    """VMamba-style hierarchical classifier; every hyper-parameter is a keyword.
+
+    Args:
+        depths: blocks per stage; dims: one width or one per stage (default doubles: d, 2d, 4d, 8d).
+        d_state, ssm_ratio, dt_rank, d_conv: SS2D sizes (ssm_ratio = d_inner / dim).
+        orders: scan orders of every block (default 'cross', VMamba's four directions).
+        mlp_ratio: MLP hidden ratio (0 = no MLP, VMamba v0).
+        global_pool: 'avg', 'max', 'avgmax' or '' (timm ClassifierHead).
+        drop_rate, drop_path_rate: head dropout, stochastic depth (linear over all blocks).
+    """
+
+    output_fmt = "NHWC"
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
+                 depths: Sequence[int] = (2, 2, 8, 2), dims: Union[int, Sequence[int]] = 96, d_state: int = 1,
+                 ssm_ratio: float = 1.0, dt_rank="auto", d_conv: int = 3, orders="cross", mlp_ratio: float = 4.0,
+                 norm_eps: float = 1e-5, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 device=None, dtype=None, **kwargs):
+        reject_unknown(type(self).__name__, kwargs)
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        depths = tuple(int(d) for d in depths)
+        if not depths or min(depths) < 1:
+            raise ValueError(f"depths must be positive, got {depths}")
+        n = len(depths)
+        dims = tuple(dims * 2 ** i for i in range(n)) if isinstance(dims, int) else _per_stage(dims, n, "dims")
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.stem = Stem(in_chans, dims[0], norm_eps, **dd)
+        dpr = drop_path_rates(drop_path_rate, depths)
+        self.stages = nn.Sequential(*[
+            VMambaStage(dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, drop_path=dpr[i],
+                        norm_eps=norm_eps, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                        orders=orders, mlp_ratio=mlp_ratio, **dd) for i in range(n)])
+        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}") for i in range(n)]
+        self.norm = nn.LayerNorm(dims[-1], eps=norm_eps, **dd)
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                                   input_fmt="NHWC", **dd)
+        init_linear(self)
+
+    # -- timm model API -------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return ssm_no_weight_decay(self)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool, **factory_kwargs(self))
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(type(self).__name__, x, 4, self.in_chans, (1, 1))
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Stage outputs ((B, C, H, W) for 'NCHW', (B, H, W, C) for 'NHWC'); ``norm`` applies the
+        final norm to the last stage's output."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.stages), indices)
+        x = check_input(type(self).__name__, x, 4, self.in_chans, (1, 1))
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        stages = self.stages if not stop_early else self.stages[:max_index + 1]
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                y = self.norm(x) if norm and i == last else x
+                intermediates.append(_to_nchw(y).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take, max_index = take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:   # features now end at a narrower stage: the head is rebuilt for that width
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC", **factory_kwargs(self))
+        elif prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+def _cfg(**kwargs):
+    return {"num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.9,
+            "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+            "first_conv": "stem.conv1", "classifier": "head.fc", "license": "apache-2.0",
+            "paper_ids": "arXiv:2401.10166", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "vscan_vmamba_tiny": _cfg(),
+    "vscan_vmamba_small": _cfg(),
+    "vscan_vmamba_base": _cfg(),
+    "vscan_vmamba_ci": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), notes="CI-sized"),
+})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs):
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(VMamba, variant, pretrained,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+
+
+@register_model
+def vscan_vmamba_tiny(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-T (v2 's1l8'): depths 2-2-8-2, dim 96, ssm_ratio 1, d_state 1 (~30M params)."""
+    args = dict(depths=(2, 2, 8, 2), dims=96, ssm_ratio=1.0)
+    return _create("vscan_vmamba_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vscan_vmamba_small(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-S (v2 's2l15'): depths 2-2-15-2, dim 96, ssm_ratio 2 (~50M params)."""
+    args = dict(depths=(2, 2, 15, 2), dims=96, ssm_ratio=2.0)
+    return _create("vscan_vmamba_small", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vscan_vmamba_base(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-B (v2 's2l15'): depths 2-2-15-2, dim 128, ssm_ratio 2 (~89M params)."""
+    args = dict(depths=(2, 2, 15, 2), dims=128, ssm_ratio=2.0)
+    return _create("vscan_vmamba_base", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vscan_vmamba_ci(pretrained: bool = False, **kwargs) -> VMamba:
+    """CI-sized VMamba: one block per stage, dim 16."""
+    args = dict(depths=(1, 1, 1, 1), dims=16, ssm_ratio=1.0, mlp_ratio=2.0)
+    return _create("vscan_vmamba_ci", pretrained, **dict(args, **kwargs))
