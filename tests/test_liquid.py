@@ -1,6 +1,5 @@
 """Liquid layers: LTC against a fine ODE integration, CfC against its closed form, the liquid
 scan against its step-by-step recurrence (and the ODE it solves), wirings, API and errors."""
-import math
 
 import pytest
 import torch
