@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import sys
 import time
@@ -86,11 +85,11 @@ def bench_one(model, context: int, batch: int, steps: int, warmup: int, prefill:
         prefill_s = None
     tok = logits.argmax(-1, keepdim=True)
     for _ in range(warmup):
-        tok = model(tok, cache)[:, -1].argmax(-1, keepdim=True)
+        tok = model.decode_step(tok, cache).argmax(-1, keepdim=True)
     _sync(device)
     t = time.perf_counter()
     for _ in range(steps):
-        tok = model(tok, cache)[:, -1].argmax(-1, keepdim=True)
+        tok = model.decode_step(tok, cache).argmax(-1, keepdim=True)
     _sync(device)
     dt = time.perf_counter() - t
     row = {"tokens_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "cache_bytes": cache.nbytes(),

@@ -123,7 +123,7 @@ def attention_mask(q_pos, k_pos, window: int | None, sink: int):
     return None if bool(allowed.all()) else allowed
 
 
-@register_mixer("attention")
+@register_mixer("causal_attention")
 class CausalSelfAttention(nn.Module):
     """Grouped-query causal self-attention through ``F.scaled_dot_product_attention``.
 

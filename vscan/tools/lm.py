@@ -12,6 +12,7 @@ import datetime
 import json
 import math
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -224,8 +225,8 @@ def train(args) -> dict:
         final["sample"] = tok.decode(out_ids)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": "vscan lm " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("vscan", "lm.py") else None,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "command": "vscan lm " + shlex.join(args.argv),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "argv"},
         "params": model.num_params(), "final": final, "history": rows,
         "env": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
                 "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat()},
@@ -240,11 +241,17 @@ def train(args) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     for name in ("d_model", "n_layers", "batch", "steps", "seq_len", "eval_every", "eval_batches", "eval_batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"vscan lm: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    res = train(args)
+    threads = torch.get_num_threads()
+    try:
+        res = train(args)
+    finally:   # main() may run inside another process (tests): leave its thread count as found
+        torch.set_num_threads(threads)
     print(json.dumps({"model": args.model, "task": args.task, "params": res["params"], **{
         k: v for k, v in res["final"].items() if k != "sample"}}, indent=None))
     if "sample" in res["final"]:

@@ -105,10 +105,11 @@ class CausalLM(nn.Module):
         return ids.long()
 
     # ------------------------------------------------------------------ forward
-    def forward_hidden(self, input_ids, cache: HybridCache | None = None) -> torch.Tensor:
+    def forward_hidden(self, input_ids, cache: HybridCache | None = None, check_ids: bool = True) -> torch.Tensor:
         """Token ids (batch, T) -> final-normed hidden states (batch, T, d_model). With ``cache``
-        the sequence continues from it and the cache advances by T tokens."""
-        ids = self.check_ids(input_ids)
+        the sequence continues from it and the cache advances by T tokens. ``check_ids=False``
+        skips the id range check (a device sync), for ids the model sampled itself."""
+        ids = self.check_ids(input_ids) if check_ids else input_ids
         b, T = ids.shape
         x = self.embed(ids)
         n_meta = 0
@@ -142,6 +143,12 @@ class CausalLM(nn.Module):
     def forward(self, input_ids, cache: HybridCache | None = None) -> torch.Tensor:
         """Token ids (batch, T) -> logits (batch, T, vocab_size)."""
         return self.logits(self.forward_hidden(input_ids, cache))
+
+    def decode_step(self, token_ids: torch.Tensor, cache: HybridCache) -> torch.Tensor:
+        """One cached step: token_ids (batch, 1) -> next-token logits (batch, vocab). Ids are not
+        range-checked (generation feeds back its own samples), so the step needs no host sync
+        besides the MoE expert split."""
+        return self.logits(self.forward_hidden(token_ids, cache, check_ids=False))[:, -1]
 
     def aux_loss(self) -> torch.Tensor:
         """Mean load-balancing loss of the MoE layers in the last forward (0 without MoE); the
@@ -211,7 +218,7 @@ class CausalLM(nn.Module):
                 out.append(nxt[:, None])
                 if step + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
                     break
-                logits = self.forward(nxt[:, None], cache)[:, -1]
+                logits = self.decode_step(nxt[:, None], cache)
         finally:
             self.train(was_training)
         res = torch.cat(out, dim=1)

@@ -1,0 +1,109 @@
+"""Task generators, the byte tokenizer / corpus, and tiny `vscan lm` runs that lower the loss."""
+import json
+
+import pytest
+import torch
+
+from vscan.data.text_tasks import ByteCorpus, embedded_text_corpus, induction_heads, make_task, mqar, selective_copying
+from vscan.models.lm import BYTE_MODELS, ByteTokenizer
+from vscan.tools.lm import main as lm_main
+
+
+def test_mqar_structure():
+    g = torch.Generator().manual_seed(0)
+    x, y = mqar(4, seq_len=64, num_kv_pairs=8, vocab_size=128, generator=g)
+    assert x.shape == y.shape == (4, 64)
+    for b in range(4):
+        keys, vals = x[b, 0:16:2].tolist(), x[b, 1:16:2].tolist()
+        assert len(set(keys)) == 8 and all(1 <= k < 64 for k in keys) and all(64 <= v < 128 for v in vals)
+        q = (y[b] != -100).nonzero().flatten().tolist()
+        assert len(q) == 8 and all(p >= 16 for p in q)
+        pairs = dict(zip(keys, vals))
+        assert sorted(x[b, q].tolist()) == sorted(keys)                       # every key queried once
+        assert all(y[b, p].item() == pairs[x[b, p].item()] for p in q)       # label = its value
+    x2, y2 = mqar(4, 64, 8, 128, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_induction_and_copy_structure():
+    x, y = induction_heads(8, seq_len=32, vocab_size=16, generator=torch.Generator().manual_seed(0))
+    assert (x[:, -1] == 15).all() and (y[:, :-1] == -100).all()
+    for b in range(8):
+        first = (x[b, :-1] == 15).nonzero().flatten()
+        assert len(first) == 1 and x[b, first[0] + 1] == y[b, -1]
+    x, y = selective_copying(3, seq_len=40, num_tokens=5, vocab_size=10, generator=torch.Generator().manual_seed(0))
+    assert (x[:, -5:] == 9).all()
+    for b in range(3):
+        data = x[b, :35][x[b, :35] != 0]
+        assert data.tolist() == y[b, -5:].tolist()
+
+
+@pytest.mark.parametrize("call,field", [
+    (lambda: mqar(1, seq_len=32, num_kv_pairs=9), "seq_len"),
+    (lambda: mqar(1, seq_len=64, num_kv_pairs=8, vocab_size=16), "vocab_size"),
+    (lambda: selective_copying(1, seq_len=8, num_tokens=5), "seq_len"),
+    (lambda: induction_heads(1, seq_len=8, vocab_size=2), "vocab_size"),
+    (lambda: make_task("nope"), "task"),
+])
+def test_task_errors_name_the_field(call, field):
+    with pytest.raises(ValueError, match=field):
+        call()
+
+
+def test_byte_tokenizer_and_corpus():
+    tok = ByteTokenizer()
+    s = "héllo, wörld ✓"
+    ids = tok.encode(s, add_bos=True, add_eos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and tok.decode(ids) == s
+    with pytest.raises(ValueError, match="ids"):
+        tok.decode([300])
+    text = embedded_text_corpus()
+    assert "Beautiful is better than ugly." in text and len(text) > 100_000
+    corpus = ByteCorpus(text[:50_000])
+    x, y = corpus.sample(2, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < 256
+
+
+@pytest.mark.parametrize("family", sorted(BYTE_MODELS))
+def test_byte_models_generate_text(family):
+    small = {"mamba": dict(d_model=16, n_layers=1, d_state=4),
+             "attention": dict(d_model=16, n_layers=1, num_heads=2, d_ff=16),
+             "jamba": dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=16, attn_layer_period=2, attn_layer_offset=1, num_experts=2,
+                           num_experts_per_tok=1, mamba_d_state=4),
+             "hymba": dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=16, num_memory_tokens=2, sliding_window=4, mamba_d_state=4,
+                           max_position_embeddings=64)}[family]
+    torch.manual_seed(0)
+    m = BYTE_MODELS[family](**small)
+    assert m.vocab_size == ByteTokenizer.vocab_size
+    tok = ByteTokenizer()
+    out = m.generate(tok("abc"), max_new_tokens=4, temperature=1.0, top_p=0.9)
+    assert out.shape == (7,) and isinstance(tok.decode(out), str)
+
+
+TINY = ["--d-model", "32", "--d-state", "8", "--heads", "2", "--eval-batches", "1", "--eval-batch", "16",
+        "--batch", "16", "--warmup", "5", "--lr", "5e-3", "--threads", "1", "--quiet"]
+
+
+@pytest.mark.parametrize("model,task,extra", [
+    ("jamba", "mqar", ["--seq-len", "32", "--num-kv", "4", "--vocab", "64", "--steps", "40", "--num-experts", "2",
+               "--d-ff", "32"]),
+    ("attention", "induction", ["--seq-len", "24", "--steps", "40", "--eval-lengths", "48"]),
+    ("mamba", "copy", ["--seq-len", "24", "--copy-tokens", "4", "--steps", "40"]),
+    ("hymba", "text", ["--seq-len", "32", "--steps", "30", "--meta-tokens", "2", "--window", "8", "--n-layers", "3",
+                       "--sample", "8"]),
+])
+def test_tiny_run_lowers_the_loss(tmp_path, model, task, extra):
+    out = tmp_path / f"{model}_{task}"
+    assert lm_main(["--model", model, "--task", task, *TINY, *extra, "--eval-every", "100", "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    hist = res["history"]
+    assert hist[0]["step"] == 0 and hist[-1]["step"] == res["final"]["steps_run"]
+    assert hist[-1]["eval_loss"] < hist[0]["eval_loss"] - 0.05, hist
+    for name in ("metrics.csv", "curves.png", "model.pt"):
+        assert (out / name).stat().st_size > 0
+    if task == "induction":
+        assert "acc@48" in res["final"]
+    if task == "text":
+        assert isinstance(res["final"]["sample"], str) and "eval_bits_per_byte" in res["final"]
