@@ -5,7 +5,10 @@ loading of any Decathlon-layout folder (``dataset.json`` + ``imagesTr/`` + ``lab
 The synthetic task: ``num_objs`` balls (discs in 2-D) of random radius, each of a random class
 1..``num_seg_classes``; the image is ``max(class, uniform noise in [0, num_seg_classes *
 noise_max])`` rescaled to [0, 1]. With ``noise_max=0.5`` the noise covers class 1's intensity,
-so class 1 needs spatial context, not a threshold.
+so class 1 needs spatial context, not a threshold. MONAI rescales by each volume's own
+maximum, so a volume without a ball of the top class would map every class to another
+intensity; by default (``require_all_classes``) a volume is redrawn, from the same seeded
+stream, until every class is present, which keeps class intensities the same in every volume.
 
 Volume ``i`` of a split is generated from ``RandomState(seed + offset + i)`` where each split
 has its own offset, so train / validation / test never share a volume and every run (and
@@ -37,7 +40,7 @@ def _check_size(size, spatial_dims: int, rad_max: int) -> tuple[int, ...]:
 
 def make_synthetic_case(seed: int, size=(64, 64, 64), spatial_dims: int = 3, num_seg_classes: int = 3,
                         num_objs: int = 12, rad_min: int = 4, rad_max: int = 12,
-                        noise_max: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                        noise_max: float = 0.5, require_all_classes: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One (image, label) pair, channel-first: image (1, *size) float32 in [0, 1], label
     (1, *size) uint8 in 0..num_seg_classes."""
     from monai.data.synthetic import create_test_image_2d, create_test_image_3d
@@ -46,8 +49,15 @@ def make_synthetic_case(seed: int, size=(64, 64, 64), spatial_dims: int = 3, num
         raise ValueError(f"synthetic segmentation: need 1 <= rad_min < rad_max, got {rad_min}, {rad_max}")
     rs = np.random.RandomState(seed)
     make = create_test_image_3d if spatial_dims == 3 else create_test_image_2d
-    img, lbl = make(*size, num_objs=num_objs, rad_max=rad_max, rad_min=rad_min, noise_max=noise_max,
-                    num_seg_classes=num_seg_classes, channel_dim=0, random_state=rs)
+    want = num_seg_classes + 1 if require_all_classes and 1 < num_seg_classes <= num_objs else 0
+    for _ in range(200):
+        img, lbl = make(*size, num_objs=num_objs, rad_max=rad_max, rad_min=rad_min, noise_max=noise_max,
+                        num_seg_classes=num_seg_classes, channel_dim=0, random_state=rs)
+        if len(np.unique(lbl)) >= want:
+            break
+    else:
+        raise ValueError(f"synthetic segmentation: no volume with all {num_seg_classes} classes in 200 draws "
+                         f"(size {size}, num_objs {num_objs}); raise num_objs or pass require_all_classes=False")
     return img.astype(np.float32), lbl.astype(np.uint8)
 
 
