@@ -22,7 +22,8 @@ AUG_BACKENDS = ("torchvision", "albumentations")
 
 
 class DigitsImages(Dataset):
-    """scikit-learn's digits as ``size`` x ``size`` RGB PIL images with integer labels 0-9.
+    """scikit-learn's digits as ``size`` x ``size`` RGB images (uint8 tensors (3, size, size),
+    torchvision ``tv_tensors.Image``) with integer labels 0-9.
 
     The 8x8 images (values 0-16) are upsampled bilinearly once, at construction. The split
     is stratified and fixed by ``seed``: ``test_fraction`` of every class is the test set
@@ -50,7 +51,7 @@ class DigitsImages(Dataset):
         grey = torch.from_numpy(data.images[keep]).float().unsqueeze(1) / 16.0      # (n, 1, 8, 8) in [0, 1]
         if int(size) != 8:
             grey = F.interpolate(grey, size=(int(size), int(size)), mode="bilinear", align_corners=False)
-        self.images = (grey.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()   # (n, size, size)
+        self.images = (grey.clamp(0, 1) * 255).round().to(torch.uint8)                 # (n, 1, size, size)
         self.targets = [int(t) for t in data.target[keep]]
         self.transform = transform
         self.split, self.size = split, int(size)
@@ -59,7 +60,8 @@ class DigitsImages(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i):
-        img = Image.fromarray(self.images[i], mode="L").convert("RGB")
+        from torchvision import tv_tensors
+        img = tv_tensors.Image(self.images[i].expand(3, -1, -1))
         if self.transform is not None:
             img = self.transform(img)
         return img, self.targets[i]
@@ -163,7 +165,9 @@ class TransformSlot:
 
 
 def num_classes_of(ds) -> int:
-    """Number of classes of a dataset built by :func:`build_dataset`."""
+    """Number of classes of a dataset built by :func:`build_dataset` (or a Subset of one)."""
+    while isinstance(ds, torch.utils.data.Subset):
+        ds = ds.dataset
     classes = getattr(ds, "classes", None)
     if classes:
         return len(classes)
@@ -191,7 +195,7 @@ def _hw(input_size) -> tuple[int, int]:
 
 def build_transform(data_config: dict, train: bool, backend: str = "torchvision",
                     scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5, rotate: float = 0.0):
-    """PIL image -> normalised float tensor (C, H, W).
+    """PIL image or uint8 (C, H, W) tensor -> normalised float tensor (C, H, W).
 
     ``data_config`` is what :func:`timm.data.resolve_model_data_config` returns (input_size,
     interpolation, mean, std, crop_pct). Train: random-resized crop (``scale``, ``ratio``),
@@ -219,18 +223,19 @@ def build_transform(data_config: dict, train: bool, backend: str = "torchvision"
     else:
         resize = (math.floor(h / crop_pct), math.floor(w / crop_pct))
         ops = [v2.ToImage(), v2.Resize(resize, interpolation=_interp(interp), antialias=True), v2.CenterCrop((h, w))]
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
     return v2.Compose(ops)
 
 
 class _AlbumentationsAdapter:
-    """PIL image -> numpy HWC -> albumentations pipeline -> tensor."""
+    """PIL image or (C, H, W) uint8 tensor -> numpy HWC -> albumentations pipeline -> tensor."""
 
     def __init__(self, compose):
         self.compose = compose
 
     def __call__(self, img):
-        return self.compose(image=np.asarray(img))["image"]
+        arr = img.permute(1, 2, 0).contiguous().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        return self.compose(image=arr)["image"]
 
 
 def _albumentations(h, w, mean, std, crop_pct, interp, train, scale, ratio, hflip, rotate):

@@ -32,7 +32,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 class TrainConfig:
     """Every knob of a classification run; YAML files and CLI flags set these fields."""
     # model
-    model: str = "vscan_vim_micro_patch4_32"
+    model: str = "vscan_vim_micro_patch8_32"
     model_kwargs: dict = field(default_factory=dict)
     pretrained: bool = False
     num_classes: int | None = None          # None: from the dataset
@@ -45,6 +45,8 @@ class TrainConfig:
     img_size: int | None = None             # None: the model's pretrained_cfg input size
     train_split: str = "train"
     val_split: str = "val"
+    max_train_samples: int | None = None    # a fixed random subset (quick runs, tests)
+    max_val_samples: int | None = None
     aug_backend: str = "torchvision"        # 'torchvision' | 'albumentations'
     scale: tuple = (0.08, 1.0)              # RandomResizedCrop area range
     ratio: tuple = (0.75, 1.3333333)        # RandomResizedCrop aspect range
@@ -152,6 +154,14 @@ def setup_distributed(device: str = "auto", set_threads: bool = True) -> DistInf
     return DistInfo(rank, world, local, dev)
 
 
+def finish_distributed() -> None:
+    """Tear down the process group started by :func:`setup_distributed` (no-op without one)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     if info.enabled:
@@ -201,7 +211,14 @@ def build_datasets(cfg: TrainConfig):
     slots = TransformSlot(), TransformSlot()
     train = build_dataset(cfg.dataset, cfg.train_split, root=cfg.data_dir, transform=slots[0], img_size=side)
     val = build_dataset(cfg.dataset, cfg.val_split, root=cfg.data_dir, transform=slots[1], img_size=side)
-    return train, val, slots
+    return _subset(train, cfg.max_train_samples, cfg.seed), _subset(val, cfg.max_val_samples, cfg.seed + 1), slots
+
+
+def _subset(ds, n: int | None, seed: int):
+    if not n or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
+    return torch.utils.data.Subset(ds, idx)
 
 
 def build_transforms(cfg: TrainConfig, model: nn.Module, slots) -> dict:
@@ -218,9 +235,11 @@ def build_transforms(cfg: TrainConfig, model: nn.Module, slots) -> dict:
     return data_config
 
 
-def _loader(ds, batches, workers: int, pin: bool):
+def _loader(ds, batches, workers: int, pin: bool, seed: int = 0):
+    # An explicit generator keeps the loader's seed draw off the global RNG, so a run resumed
+    # mid-epoch (global RNG restored) augments the remaining batches exactly as the original.
     return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=pin,
-                                       persistent_workers=False)
+                                       persistent_workers=False, generator=torch.Generator().manual_seed(seed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,7 +532,8 @@ class ClassificationRun:
         if self.batch_in_epoch == 0:
             self.partial = _zero_partial()
         self.model.train()
-        loader = _loader(self.train_ds, batches[self.batch_in_epoch:], cfg.workers, info.device.type == "cuda")
+        loader = _loader(self.train_ds, batches[self.batch_in_epoch:], cfg.workers, info.device.type == "cuda",
+                         seed=cfg.seed * 1_000_003 + self.epoch * 1_009 + self.batch_in_epoch + 97 * info.rank)
         bar = tqdm(loader, total=len(batches) - self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and info.main), dynamic_ncols=True, leave=False)
         for x, y in bar:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -104,11 +105,13 @@ def parse_config(argv=None) -> TrainConfig:
 
 
 def main(argv=None) -> int:
-    from vscan.engine.classification import run
+    from vscan.engine.classification import finish_distributed, run
 
     cfg = parse_config(argv)
-    result = run(cfg)
-    import os
+    try:
+        result = run(cfg)
+    finally:
+        finish_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\nbest val acc {result.best_acc:.2f}% at epoch {result.best_epoch} "
               f"({result.global_step} steps, model {cfg.model})")

@@ -30,7 +30,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from vscan.layers.mamba import init_dt_bias
 from vscan.ops import selective_scan
 
-from ._common import check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown, ssm_no_weight_decay, take_indices
+from ._common import (check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
+                      ssm_no_weight_decay, take_indices)
 
 __all__ = ["MambaHybrid", "HybridMambaMixer"]
 
@@ -196,8 +197,9 @@ class MambaHybrid(nn.Module):
         self.num_classes, self.in_chans = num_classes, in_chans
         self.num_features = self.head_hidden_size = dims[-1]
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, in_dim, 3, stride=2, padding=1, bias=False, **dd), nn.BatchNorm2d(in_dim, eps=1e-4, **dd),
-            nn.ReLU(), nn.Conv2d(in_dim, dim, 3, stride=2, padding=1, bias=False, **dd),
+            nn.Conv2d(in_chans, in_dim, 3, stride=2, padding=1, bias=False, **dd),
+            nn.BatchNorm2d(in_dim, eps=1e-4, **dd), nn.ReLU(),
+            nn.Conv2d(in_dim, dim, 3, stride=2, padding=1, bias=False, **dd),
             nn.BatchNorm2d(dim, eps=1e-4, **dd), nn.ReLU())
         dpr = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.Sequential(*[

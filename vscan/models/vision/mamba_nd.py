@@ -26,8 +26,8 @@ from vscan.layers import RMSNorm
 from vscan.scans import AlternatingSchedule, CyclicSchedule
 
 from ._builder import build_nd_model
-from ._common import drop_path_rates, PoolHead, check_input, factory_kwargs, init_linear, reject_unknown, rescale_out_proj, \
-    ssm_no_weight_decay, take_indices
+from ._common import (PoolHead, check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
+                      rescale_out_proj, ssm_no_weight_decay, take_indices)
 from .vim import VimBlock
 
 __all__ = ["MambaND"]
@@ -53,6 +53,18 @@ def add_grid_pos_embed(x: torch.Tensor, pos_embed: Optional[torch.Tensor]) -> to
             raise ValueError(f"position embedding resampling supports 1-3-D grids, got {x.dim() - 2}-D")
         pos_embed = F.interpolate(pos_embed.float(), size=tuple(x.shape[2:]), mode=mode, align_corners=False)
     return x + pos_embed.to(x.dtype)
+
+
+@register_notrace_function
+def grid_to_tokens(x: torch.Tensor):
+    """(B, C, *grid) -> ((B, L, C) tokens in grid order, grid shape)."""
+    return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
+
+
+@register_notrace_function
+def tokens_to_grid(x: torch.Tensor, grid) -> torch.Tensor:
+    """(B, L, C) tokens in grid order -> (B, C, *grid)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
 
 
 class MambaND(nn.Module):
@@ -135,13 +147,9 @@ class MambaND(nn.Module):
     def _tokens(self, x: torch.Tensor):
         x = check_input(type(self).__name__, x, self.spatial_dims + 2, self.in_chans, self.patch)
         x = add_grid_pos_embed(self.patch_embed(x), self.pos_embed)        # (B, C, *grid)
-        grid = tuple(x.shape[2:])
         dtype = x.dtype
-        x = x.flatten(2).transpose(1, 2)                                     # (B, L, C), grid order
+        x, grid = grid_to_tokens(x)                                          # (B, L, C), grid order
         return (x.float() if self.residual_in_fp32 else x), grid, dtype
-
-    def _to_map(self, x: torch.Tensor, grid) -> torch.Tensor:
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
 
     def _block(self, blk: nn.Module, x: torch.Tensor, grid):
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -152,7 +160,7 @@ class MambaND(nn.Module):
         x, grid, dtype = self._tokens(x)
         for blk in self.blocks:
             x = self._block(blk, x, grid)
-        return self._to_map(self.norm(x).to(dtype), grid)
+        return tokens_to_grid(self.norm(x).to(dtype), grid)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -174,10 +182,10 @@ class MambaND(nn.Module):
             x = self._block(blk, x, grid)
             if i in take:
                 y = (self.norm(x) if norm else x).to(dtype)
-                out.append(y if output_fmt == "NLC" else self._to_map(y, grid))
+                out.append(y if output_fmt == "NLC" else tokens_to_grid(y, grid))
         if intermediates_only:
             return out
-        return self._to_map(self.norm(x).to(dtype), grid), out
+        return tokens_to_grid(self.norm(x).to(dtype), grid), out
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):

@@ -26,8 +26,8 @@ from vscan.layers import RMSNorm
 from vscan.scans import ScanOrderSet, get_order, with_cls_token
 
 from ._builder import build_nd_model
-from ._common import drop_path_rates, check_input, factory_kwargs, init_linear, reject_unknown, rescale_out_proj, \
-    ssm_no_weight_decay, take_indices
+from ._common import (check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
+                      rescale_out_proj, ssm_no_weight_decay, take_indices)
 from .vim import CLS_POSITIONS, VimBlock, cls_index, patch_mean, split_cls
 
 __all__ = ["VideoMamba"]

@@ -21,16 +21,16 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, PatchEmbed, register_notrace_function, register_notrace_module, \
-    resample_abs_pos_embed, trunc_normal_
+from timm.layers import (DropPath, PatchEmbed, register_notrace_function, register_notrace_module,
+                         resample_abs_pos_embed, trunc_normal_)
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 
 from vscan.layers import RMSNorm
 from vscan.layers.bimamba import BidirectionalMamba
 from vscan.scans import cls_position, with_cls_token
 
-from ._common import drop_path_rates, check_input, factory_kwargs, init_linear, reject_unknown, rescale_out_proj, \
-    ssm_no_weight_decay, take_indices
+from ._common import (check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
+                      rescale_out_proj, ssm_no_weight_decay, take_indices)
 
 __all__ = ["VisionMamba", "VimBlock"]
 
@@ -310,8 +310,8 @@ default_cfgs = generate_default_cfgs({
     "vscan_vim_tiny_patch16_224": _cfg(),
     "vscan_vim_small_patch16_224": _cfg(),
     "vscan_vim_base_patch16_224": _cfg(),
-    "vscan_vim_micro_patch4_32": _cfg(input_size=(3, 32, 32), crop_pct=1.0, num_classes=10,
-                                      notes="small Vim for 32x32 images (the digits demo)"),
+    "vscan_vim_micro_patch8_32": _cfg(input_size=(3, 32, 32), crop_pct=1.0, num_classes=10,
+                                      notes="small Vim for 32x32 images (the CPU digits demo)"),
     "vscan_vim_ci": _cfg(input_size=(3, 64, 64), notes="CI-sized"),
 })
 
@@ -341,10 +341,11 @@ def vscan_vim_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamb
 
 
 @register_model
-def vscan_vim_micro_patch4_32(pretrained: bool = False, **kwargs) -> VisionMamba:
-    """A small Vim for 32x32 inputs (patch 4, 64 tokens): the CPU digits demo."""
-    args = dict(img_size=32, patch_size=4, embed_dim=96, depth=6, d_state=8)
-    return _create("vscan_vim_micro_patch4_32", pretrained, **dict(args, **kwargs))
+def vscan_vim_micro_patch8_32(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """A small Vim for 32x32 inputs, sized for the CPU digits demo: patch 8 (16 tokens + class
+    token), 96 wide, 4 blocks, d_state 4, expand 1 (~0.2M params)."""
+    args = dict(img_size=32, patch_size=8, embed_dim=96, depth=4, d_state=4, expand=1.0)
+    return _create("vscan_vim_micro_patch8_32", pretrained, **dict(args, **kwargs))
 
 
 @register_model

@@ -24,7 +24,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from vscan.layers.multidir import MultiDirMamba
 
-from ._common import check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown, ssm_no_weight_decay, take_indices
+from ._common import (check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
+                      ssm_no_weight_decay, take_indices)
 
 __all__ = ["VMamba", "VSSBlock"]
 
@@ -280,6 +281,6 @@ def vscan_vmamba_base(pretrained: bool = False, **kwargs) -> VMamba:
 
 @register_model
 def vscan_vmamba_ci(pretrained: bool = False, **kwargs) -> VMamba:
-    """CI-sized VMamba: one block per stage, dim 16."""
-    args = dict(depths=(1, 1, 1, 1), dims=16, ssm_ratio=1.0, mlp_ratio=2.0)
+    """CI-sized VMamba: one block per stage, dim 24."""
+    args = dict(depths=(1, 1, 1, 1), dims=24, ssm_ratio=1.0, mlp_ratio=2.0)
     return _create("vscan_vmamba_ci", pretrained, **dict(args, **kwargs))
