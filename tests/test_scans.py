@@ -269,3 +269,15 @@ def test_alternating_schedule():
     assert torch.equal(two(0).index((3, 4)), g.flatten()) and torch.equal(two(3).index((3, 4)), g.t().flatten().flip(0))
     cyc = CyclicSchedule(["snake", "snake_col"])
     assert cyc(0) is get_order("snake") and cyc(3) is get_order("snake_col")
+
+
+def test_cache_built_under_inference_mode_is_usable_for_autograd():
+    from vscan.scans import ScanOrder
+    order = ScanOrder.from_fn("test_infmode_order", lambda shape: torch.arange(int(torch.tensor(shape).prod())).flip(0))
+    with torch.inference_mode():
+        order.index((3, 4))
+    idx = order.index((3, 4))
+    assert not idx.is_inference()
+    x = torch.randn(2, 12, 5, requires_grad=True)
+    x.index_select(1, idx).sum().backward()
+    assert x.grad is not None

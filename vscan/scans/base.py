@@ -88,6 +88,12 @@ class ScanOrder:
         key = (shape, _device_key(device))
         hit = self._cache.get(key)
         if hit is None:
+            with torch.inference_mode(False):  # cached maps outlive the caller's inference_mode
+                hit = self._build_cached(shape, key)
+        return hit
+
+    def _build_cached(self, shape, key):
+        if True:
             cpu_key = (shape, "cpu")
             if cpu_key not in self._cache:
                 perm = self._build(shape)
@@ -95,6 +101,7 @@ class ScanOrder:
                 inv[perm] = torch.arange(perm.numel())
                 self._cache[cpu_key] = (perm, inv)
             perm, inv = self._cache[cpu_key]
+            device = key[1]
             hit = self._cache[key] = (perm.to(device), inv.to(device)) if key != cpu_key else (perm, inv)
         return hit
 
@@ -174,8 +181,9 @@ class ScanOrderSet:
         hit = self._cache.get(key)
         if hit is None:
             self.length(shape)
-            hit = self._cache[key] = (torch.stack([o.index(shape, device) for o in self.orders]),
-                                      torch.stack([o.inverse(shape, device) for o in self.orders]))
+            with torch.inference_mode(False):  # cached maps outlive the caller's inference_mode
+                hit = self._cache[key] = (torch.stack([o.index(shape, device) for o in self.orders]),
+                                          torch.stack([o.inverse(shape, device) for o in self.orders]))
         return hit
 
     def index(self, shape, device=None, length: int | None = None) -> torch.Tensor:
