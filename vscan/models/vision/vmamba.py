@@ -15,7 +15,7 @@ B = (2, 2, 15, 2), 128, 2.0; all with d_state 1 and MLP ratio 4.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
