@@ -12,7 +12,7 @@ input-dependent dB/dC are reduced over the channel block and written once per (b
 import triton
 import triton.language as tl
 
-from .scan_fwd import LOG2E, _load_bc, _pair_combine, _softplus
+from .scan_fwd import LOG2E, _channel_vector, _load_bc, _load_u_dt, _pair_combine
 
 
 @triton.jit
@@ -25,6 +25,23 @@ def _triple_combine(fl, ql, gl, fe, qe, ge):
 @triton.jit
 def _col_insert(acc, cols, n, v):
     return tl.where(cols[None, :] == n, acc + v[:, None], acc)
+
+
+@triton.jit
+def _bc_grad(g, acc, ptr, n, cols, t_idx, tmask, m2, g0, g_d, blk_in_group, pid_b, s_pk, s_pb, s_pl, s_pg,
+             VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+    """One state column of dB or dC. Input-dependent: summed over the channel block and written
+    once per (block, t), or added atomically when the block straddles groups. Constant: summed
+    over time into the register accumulator, which is returned."""
+    if VARY:
+        if SINGLE_GROUP:
+            tl.store(ptr + blk_in_group * s_pk + pid_b * s_pb + t_idx * s_pl + g0 * s_pg + n,
+                     tl.sum(g, axis=1), mask=tmask)
+        else:
+            tl.atomic_add(ptr + pid_b * s_pb + t_idx[:, None] * s_pl + g_d[None, :] * s_pg + n, g, mask=m2)
+    else:
+        acc = _col_insert(acc, cols, n, tl.sum(g, axis=0))
+    return acc
 
 
 @triton.jit
@@ -66,10 +83,8 @@ def scan_bwd_kernel(
         C_ptr += pid_b * s_Cb
     st_ptr += pid_b * s_stb
     carry_ptr += pid_b * s_cb
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
+    Dv = _channel_vector(D_ptr, offs_d, dmask, HAS_D)
     dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dBc_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dCc_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
@@ -83,15 +98,7 @@ def scan_bwd_kernel(
         t_idx = c * BLOCK_T + offs_t
         tmask = t_idx < L
         m2 = tmask[:, None] & dmask[None, :]
-        u = tl.load(u_ptr + t_idx[:, None] * s_ul + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-        dt_pre = tl.load(dt_ptr + t_idx[:, None] * s_dtl + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_pre += bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt_pre)
-        else:
-            dt = dt_pre
-        dt = tl.where(m2, dt, 0.0)
+        u, dt_pre, dt = _load_u_dt(u_ptr, dt_ptr, t_idx, offs_d, m2, s_ul, s_dtl, bias, HAS_BIAS, SOFTPLUS)
         dout = tl.load(dout_ptr + t_idx[:, None] * s_gl + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + t_idx[:, None] * s_zl + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -131,26 +138,10 @@ def scan_bwd_kernel(
                 hm = h - bx  # = a[t] * h[t-1]
                 ddt += dh * (A_n[None, :] * hm + Bn * u)
                 dA_acc = _col_insert(dA_acc, cols, n, tl.sum(dhdt * hm, axis=0))
-                gB = dhdt * u
-                gC = dy * h
-                if B_VARY:
-                    if SINGLE_GROUP:
-                        tl.store(dB_ptr + blk_in_group * s_pk + pid_b * s_pb + t_idx * s_pl + g0 * s_pg + n,
-                                 tl.sum(gB, axis=1), mask=tmask)
-                    else:
-                        tl.atomic_add(dB_ptr + pid_b * s_pb + t_idx[:, None] * s_pl + g_d[None, :] * s_pg + n,
-                                      gB, mask=m2)
-                else:
-                    dBc_acc = _col_insert(dBc_acc, cols, n, tl.sum(gB, axis=0))
-                if C_VARY:
-                    if SINGLE_GROUP:
-                        tl.store(dC_ptr + blk_in_group * s_pk + pid_b * s_pb + t_idx * s_pl + g0 * s_pg + n,
-                                 tl.sum(gC, axis=1), mask=tmask)
-                    else:
-                        tl.atomic_add(dC_ptr + pid_b * s_pb + t_idx[:, None] * s_pl + g_d[None, :] * s_pg + n,
-                                      gC, mask=m2)
-                else:
-                    dCc_acc = _col_insert(dCc_acc, cols, n, tl.sum(gC, axis=0))
+                dBc_acc = _bc_grad(dhdt * u, dBc_acc, dB_ptr, n, cols, t_idx, tmask, m2, g0, g_d, blk_in_group,
+                                   pid_b, s_pk, s_pb, s_pl, s_pg, B_VARY, SINGLE_GROUP)
+                dCc_acc = _bc_grad(dy * h, dCc_acc, dC_ptr, n, cols, t_idx, tmask, m2, g0, g_d, blk_in_group,
+                                   pid_b, s_pk, s_pb, s_pl, s_pg, C_VARY, SINGLE_GROUP)
         tl.debug_barrier()
         if MODE == 0:
             if HAS_D:

@@ -28,6 +28,30 @@ def _softplus(x):
 
 
 @triton.jit
+def _channel_vector(ptr, offs_d, dmask, PRESENT: tl.constexpr):
+    """An optional per-channel float32 vector (D, delta_bias); zeros when absent."""
+    v = tl.zeros_like(offs_d).to(tl.float32)
+    if PRESENT:
+        v = tl.load(ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _load_u_dt(u_ptr, dt_ptr, t_idx, offs_d, m2, s_ul, s_dtl, bias,
+               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """u and the step size dt of one chunk, plus dt before the softplus (backward's chain rule).
+    Padded steps get dt = 0, so a = 1 and b = 0: the state passes through them unchanged."""
+    u = tl.load(u_ptr + t_idx[:, None] * s_ul + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+    dt_pre = tl.load(dt_ptr + t_idx[:, None] * s_dtl + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt_pre += bias[None, :]
+    dt = dt_pre
+    if SOFTPLUS:
+        dt = _softplus(dt_pre)
+    return u, dt_pre, tl.where(m2, dt, 0.0)
+
+
+@triton.jit
 def _load_bc(ptr, n, offs_d, t_idx, tmask, dmask, g0, g_d, s_b, s_l, s_g, NSTATE,
              VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
     """Column n of B or C as a tile broadcastable to [BLOCK_T, BLOCK_D]."""
@@ -75,10 +99,8 @@ def scan_fwd_kernel(
     if C_VARY:
         C_ptr += pid_b * s_Cb
     st_ptr += pid_b * s_stb
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
+    Dv = _channel_vector(D_ptr, offs_d, dmask, HAS_D)
     dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)
     last_row = offs_t[:, None] == BLOCK_T - 1
     c_begin = pid_s * chunks_per_seg
@@ -87,13 +109,7 @@ def scan_fwd_kernel(
         t_idx = c * BLOCK_T + offs_t
         tmask = t_idx < L
         m2 = tmask[:, None] & dmask[None, :]
-        u = tl.load(u_ptr + t_idx[:, None] * s_ul + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-        dt = tl.load(dt_ptr + t_idx[:, None] * s_dtl + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt += bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)  # padded steps: a = 1, b = 0, the state passes through
+        u, _dt_pre, dt = _load_u_dt(u_ptr, dt_ptr, t_idx, offs_d, m2, s_ul, s_dtl, bias, HAS_BIAS, SOFTPLUS)
         if MODE == 1:
             dtsum += tl.sum(dt, axis=0)
         dtu = dt * u

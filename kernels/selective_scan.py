@@ -63,6 +63,7 @@ def _plan(L, dim, batch, ch_per_group, tile, device):
 
 
 def _c(t):
+    """B/C only need a unit stride over N (a slice of x_proj's output is fine)."""
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
@@ -75,7 +76,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, out_dtype):
         b, L, dim = u.shape
         N = A.shape[1]
-        u, delta, z = _c(u).contiguous(), _c(delta).contiguous(), (z.contiguous() if z is not None else None)
+        u, delta = u.contiguous(), delta.contiguous()   # the kernels index u-shaped outputs like u
+        z = z.contiguous() if z is not None else None
         B, C = _c(B), _c(C)
         A32 = A.float().contiguous()
         D32 = D.float().contiguous() if D is not None else None
@@ -127,7 +129,6 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, states, dtsum)
             ctx.meta = (softplus, p, cpg, G, initial_state is not None, btile, A.dtype,
                         None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
-        ctx.mark_non_differentiable(last) if not save else None
         return out, last
 
     @staticmethod

@@ -43,7 +43,7 @@ def make_inputs(b, d, L, N, dtype=torch.bfloat16, G=1, device="cuda", seed=0):
     return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias)
 
 
-def run_scan(inp, backend, requires_grad=False):
+def run_scan(inp, backend):
     return selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], z=inp["z"],
                           delta_bias=inp["delta_bias"], delta_softplus=True, backend=backend)
 

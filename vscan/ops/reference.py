@@ -37,13 +37,11 @@ def _scan_chunk(h, u, dt, A, B, C):
     dBu = (dt * u).unsqueeze(-1) * (B if B.dim() == 4 else B.unsqueeze(0).unsqueeze(0))
     # unbind once: per-step slicing would make backward quadratic in the chunk length
     dA_t, dBu_t = dA.unbind(1), dBu.unbind(1)
-    C_t = C.unbind(1) if C.dim() == 4 else [C] * u.shape[1]
     hs = []
     for t in range(u.shape[1]):
         h = torch.addcmul(dBu_t[t], dA_t[t], h)
         hs.append(h)
-    y = (torch.stack(hs, dim=1) * (C if C.dim() == 4 else C_t[0])).sum(-1)
-    return y, h
+    return (torch.stack(hs, dim=1) * C).sum(-1), h   # constant C (d, N) broadcasts
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -63,6 +61,10 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Cf = C.to(cdt) if C.dim() == 2 else _expand_groups(C.to(cdt), d)
     h = (initial_state.to(cdt) if initial_state is not None
          else torch.zeros(b, d, N, dtype=cdt, device=u.device))
+    if u.device.type == "meta":
+        # meta tensors carry shapes only (timm builds and checks models there): skip the time loop
+        y = uf * dtf
+        return _finish(y, uf, D, z, cdt), h
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias, initial_state))
     ys = []
@@ -76,11 +78,16 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
             y, h = _scan_chunk(h, uf[:, s:e], dtf[:, s:e], Af, Bc, Cc)
         ys.append(y)
     y = torch.cat(ys, dim=1) if ys else uf.new_zeros(b, 0, d)
+    return _finish(y, uf, D, z, cdt), h
+
+
+def _finish(y, uf, D, z, cdt):
+    """The skip term D*u and the silu(z) gate."""
     if D is not None:
         y = y + uf * D.to(cdt)
     if z is not None:
         y = y * F.silu(z.to(cdt))
-    return y, h
+    return y
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
@@ -99,12 +106,7 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     dA = torch.exp(dtf.unsqueeze(-1) * A.to(cdt))
     new = state.to(cdt) * dA + (dtf * xf).unsqueeze(-1) * Bf
     state.copy_(new.to(state.dtype))
-    y = (new * Cf).sum(-1)
-    if D is not None:
-        y = y + xf * D.to(cdt)
-    if z is not None:
-        y = y * F.silu(z.to(cdt))
-    return y.to(x.dtype)
+    return _finish((new * Cf).sum(-1), xf, D, z, cdt).to(x.dtype)
 
 
 def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None):
