@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import sys
@@ -91,8 +90,6 @@ def exp2_rate_per_s() -> float:
 
 
 def write_json(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    """Results JSON, written atomically (vscan.engine.io)."""
+    from vscan.engine.io import atomic_write_json
+    return atomic_write_json(path, obj)

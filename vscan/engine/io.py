@@ -11,6 +11,14 @@ from pathlib import Path
 import torch
 
 
+def _file_mode() -> int:
+    """Permissions an ordinary open() would give: 0o666 less the process umask. mkstemp creates
+    its files 0o600, which would otherwise leak into every checkpoint and result."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path, write_fn, mode="wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -20,6 +28,7 @@ def _atomic(path, write_fn, mode="wb"):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

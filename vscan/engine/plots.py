@@ -4,6 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def save_figure(fig, path, dpi: int = 110):
+    """Write a matplotlib figure as PNG atomically; returns the path."""
+    from .io import _atomic
+    return _atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
 def plot_curves(rows: list[dict], path, x: str = "epoch", panels: list[list[str]] | None = None,
                 title: str | None = None):
     """One panel per list of metric names in ``panels`` (e.g. [['train_loss', 'val_loss'], ['val_acc']]),
@@ -11,8 +17,6 @@ def plot_curves(rows: list[dict], path, x: str = "epoch", panels: list[list[str]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .io import _atomic
 
     if panels is None:
         keys = [k for k in rows[0] if k != x] if rows else []
@@ -29,6 +33,6 @@ def plot_curves(rows: list[dict], path, x: str = "epoch", panels: list[list[str]
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = _atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=110))
+    out = save_figure(fig, path)
     plt.close(fig)
     return out

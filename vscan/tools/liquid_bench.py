@@ -22,7 +22,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from vscan.data.timeseries import EXTRAP, INTERP, heteroscedastic_fields, spiral_series
 from vscan.engine.io import atomic_write_csv, atomic_write_json
+from vscan.engine.plots import save_figure
 from vscan.engine.plots import plot_curves
 from vscan.layers.liquid import LTC, CfC, LiquidScan
 from vscan.layers.mamba import MambaMixer, RMSNorm
@@ -137,18 +137,6 @@ def _optim(model, lr, steps):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
     return opt, sched
-
-
-def _save_fig(fig, path):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _markdown(rows, cols, headers=None):
@@ -266,7 +254,7 @@ def _plot_series(args, curves, models, test, preds):
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle("test trajectory 0 (predictions at every sample time)")
     fig.tight_layout()
-    _save_fig(fig, Path(args.out) / "liquid_series_example.png")
+    save_figure(fig, Path(args.out) / "liquid_series_example.png")
     plt.close(fig)
 
 
@@ -377,7 +365,7 @@ def _plot_prob(args, curves, test, preds):
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _save_fig(fig, Path(args.out) / "prob_field_example.png")
+    save_figure(fig, Path(args.out) / "prob_field_example.png")
     plt.close(fig)
 
 
