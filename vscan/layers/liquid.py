@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vscan.ops import causal_conv1d, selective_scan
+from vscan.ops._checks import check_tensor, describe
 
 from .mamba import init_dt_bias
 from .registry import register_mixer
@@ -56,12 +57,6 @@ __all__ = [
 # input checks shared by the layers
 # --------------------------------------------------------------------------------------------
 
-def _describe(t) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return type(t).__name__
-
-
 def _check_pos_int(name: str, v, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
@@ -70,17 +65,9 @@ def _check_pos_int(name: str, v, minimum: int = 1) -> int:
     return int(v)
 
 
-def _check_float_tensor(name: str, t):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(t)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {_describe(t)}")
-    return t
-
-
 def _as_sequence(x, input_size: int, batch_first: bool, name: str = "input"):
     """Return (x as (batch, length, features), unbatched flag). Accepts 3-D or unbatched 2-D."""
-    _check_float_tensor(name, x)
+    check_tensor(name, x)
     if x.dim() == 2:
         x, unbatched = x.unsqueeze(0), True
     elif x.dim() == 3:
@@ -90,11 +77,11 @@ def _as_sequence(x, input_size: int, batch_first: bool, name: str = "input"):
     else:
         order = "(batch, length, features)" if batch_first else "(length, batch, features)"
         raise ValueError(f"{name}: expected a 3-D tensor {order} or an unbatched 2-D (length, features), "
-                         f"got {_describe(x)}")
+                         f"got {describe(x)}")
     if x.shape[-1] != input_size:
-        raise ValueError(f"{name}: expected {input_size} features in the last dimension, got {_describe(x)}")
+        raise ValueError(f"{name}: expected {input_size} features in the last dimension, got {describe(x)}")
     if x.shape[1] == 0:
-        raise ValueError(f"{name}: expected a sequence of length >= 1, got {_describe(x)}")
+        raise ValueError(f"{name}: expected a sequence of length >= 1, got {describe(x)}")
     return x, unbatched
 
 
@@ -111,7 +98,7 @@ def check_timespans(timespans, batch: int, length: int, dtype=torch.float32, dev
         if not math.isfinite(timespans) or timespans < 0:
             raise ValueError(f"{name}: time gaps must be finite and >= 0, got {timespans!r}")
         return torch.full((batch, length), float(timespans), dtype=dtype, device=device)
-    _check_float_tensor(name, timespans)
+    check_tensor(name, timespans)
     ts = timespans
     if ts.dim() == 3 and ts.shape[-1] == 1:
         ts = ts[..., 0]
@@ -121,7 +108,7 @@ def check_timespans(timespans, batch: int, length: int, dtype=torch.float32, dev
         ts = ts.unsqueeze(0).expand(batch, length)
     if ts.dim() != 2 or tuple(ts.shape) != (batch, length):
         raise ValueError(f"{name}: expected shape (batch, length)=({batch}, {length}) (or (batch, length, 1), "
-                         f"(length,), a number), got {_describe(timespans)}")
+                         f"(length,), a number), got {describe(timespans)}")
     if ts.device.type != "meta":
         if not bool(torch.isfinite(ts).all()):
             raise ValueError(f"{name}: time gaps must be finite, got non-finite values")
@@ -139,19 +126,29 @@ def _step_times(t, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
             t = t.reshape(batch, 1)
         else:
             raise ValueError(f"{name}: expected a number or a tensor of shape (batch,)=({batch},), "
-                             f"got {_describe(t)}")
+                             f"got {describe(t)}")
     return check_timespans(t, batch, 1, like.dtype, like.device, name=name)[:, 0]
+
+
+def _check_cell_step(inputs, in_features: int, state, state_name: str, units: int, t, t_name: str):
+    """One cell step's arguments: inputs (batch, in_features), the state (batch, units) or None,
+    and the time gap(s). Returns the checked state and per-sample gaps."""
+    check_tensor("inputs", inputs)
+    if inputs.dim() != 2 or inputs.shape[1] != in_features:
+        raise ValueError(f"inputs: expected (batch, {in_features}), got {describe(inputs)}")
+    b = inputs.shape[0]
+    return _check_state(state_name, state, b, units, False, inputs), _step_times(t, b, inputs, t_name)
 
 
 def _check_state(name: str, hx, batch: int, units: int, unbatched: bool, like: torch.Tensor):
     if hx is None:
         return like.new_zeros(batch, units)
-    _check_float_tensor(name, hx)
+    check_tensor(name, hx)
     if unbatched and hx.dim() == 1:
         hx = hx.unsqueeze(0)
     if tuple(hx.shape) != (batch, units):
         raise ValueError(f"{name}: expected the initial state of shape (batch, units)=({batch}, {units}), "
-                         f"got {_describe(hx)}")
+                         f"got {describe(hx)}")
     return hx.to(like.dtype)
 
 
@@ -492,12 +489,8 @@ class LTCCell(nn.Module):
         return v
 
     def forward(self, inputs, states, elapsed_time=1.0):
-        _check_float_tensor("inputs", inputs)
-        if inputs.dim() != 2 or inputs.shape[1] != self.in_features:
-            raise ValueError(f"inputs: expected (batch, {self.in_features}), got {_describe(inputs)}")
-        b = inputs.shape[0]
-        states = _check_state("states", states, b, self.units, False, inputs)
-        et = _step_times(elapsed_time, b, inputs, "elapsed_time")
+        states, et = _check_cell_step(inputs, self.in_features, states, "states", self.units,
+                                      elapsed_time, "elapsed_time")
         v = self.solve(self.map_inputs(inputs), states, et)
         return self.map_outputs(v), v
 
@@ -664,12 +657,7 @@ class CfCCell(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, inputs, hx, ts=1.0):
-        _check_float_tensor("inputs", inputs)
-        if inputs.dim() != 2 or inputs.shape[1] != self.input_size:
-            raise ValueError(f"inputs: expected (batch, {self.input_size}), got {_describe(inputs)}")
-        b = inputs.shape[0]
-        hx = _check_state("hx", hx, b, self.units, False, inputs)
-        ts = _step_times(ts, b, inputs, "ts")
+        hx, ts = _check_cell_step(inputs, self.input_size, hx, "hx", self.units, ts, "ts")
         h = self.step(inputs, hx, ts)
         return self.output(h), h
 
@@ -762,12 +750,12 @@ def _one_minus_exp_over(x: torch.Tensor) -> torch.Tensor:
 
 
 def _expand_bc(name, t, b, L, d, N):
-    _check_float_tensor(name, t)
+    check_tensor(name, t)
     if t.dim() == 3:
         t = t.unsqueeze(2)
     if t.dim() != 4 or t.shape[0] != b or t.shape[1] != L or t.shape[3] != N or d % t.shape[2] != 0:
         raise ValueError(f"{name}: expected (batch, length, N)=({b}, {L}, {N}) or (batch, length, groups, N) "
-                         f"with groups dividing {d}, got {_describe(t)}")
+                         f"with groups dividing {d}, got {describe(t)}")
     return t
 
 
@@ -828,23 +816,23 @@ def liquid_scan(e, f, leak, B, C, a=None, timespans=None, D=None, z=None, initia
         D, z, initial_state (batch, channels, N), return_last_state: as in selective_scan.
     """
     for nm, t in (("e", e), ("f", f)):
-        _check_float_tensor(nm, t)
+        check_tensor(nm, t)
         if t.dim() != 3:
-            raise ValueError(f"{nm}: expected a 3-D (batch, length, channels) tensor, got {_describe(t)}")
+            raise ValueError(f"{nm}: expected a 3-D (batch, length, channels) tensor, got {describe(t)}")
     if f.shape != e.shape:
-        raise ValueError(f"f: expected the shape of e {tuple(e.shape)}, got {_describe(f)}")
+        raise ValueError(f"f: expected the shape of e {tuple(e.shape)}, got {describe(f)}")
     b, L, d = e.shape
-    _check_float_tensor("leak", leak)
+    check_tensor("leak", leak)
     if leak.shape != (d,):
-        raise ValueError(f"leak: expected shape ({d},), got {_describe(leak)}")
-    _check_float_tensor("B", B)
+        raise ValueError(f"leak: expected shape ({d},), got {describe(leak)}")
+    check_tensor("B", B)
     N = B.shape[-1]
     B = _expand_bc("B", B, b, L, d, N)
     C = _expand_bc("C", C, b, L, d, N)
     if a is not None:
-        _check_float_tensor("a", a)
+        check_tensor("a", a)
         if tuple(a.shape) != (d, N):
-            raise ValueError(f"a: expected shape (channels, N)=({d}, {N}), got {_describe(a)}")
+            raise ValueError(f"a: expected shape (channels, N)=({d}, {N}), got {describe(a)}")
     if e.device.type != "meta":
         if bool((f < 0).any()):
             raise ValueError("f: conductances must be >= 0 (e.g. pass softplus(...))")
@@ -930,9 +918,9 @@ class LiquidScan(nn.Module):
         self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor, timespans=None) -> torch.Tensor:
-        _check_float_tensor("x", x)
+        check_tensor("x", x)
         if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x: expected (batch, length, {self.dim}), got {_describe(x)}")
+            raise ValueError(f"x: expected (batch, length, {self.dim}), got {describe(x)}")
         b, L, _ = x.shape
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         ts = check_timespans(timespans, b, L, cdt, x.device)

@@ -38,17 +38,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vscan.ops import causal_conv1d, selective_scan
+from vscan.ops._checks import describe
 
 from .mamba import MambaMixer, RMSNorm, init_dt_bias
 
 __all__ = ["prob_scan", "ProbScan", "GaussianHead", "gaussian_nll", "GaussianNLLLoss", "coverage",
            "ProbFieldNet2d"]
-
-
-def _describe(t) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return type(t).__name__
 
 
 def _check_like(name: str, t, ref: torch.Tensor, optional: bool = True):
@@ -57,9 +52,9 @@ def _check_like(name: str, t, ref: torch.Tensor, optional: bool = True):
             return None
         raise TypeError(f"{name}: expected a tensor, got None")
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {_describe(t)}")
+        raise TypeError(f"{name}: expected a floating-point tensor, got {describe(t)}")
     if t.shape != ref.shape:
-        raise ValueError(f"{name}: expected the shape of u {tuple(ref.shape)}, got {_describe(t)}")
+        raise ValueError(f"{name}: expected the shape of u {tuple(ref.shape)}, got {describe(t)}")
     return t
 
 
@@ -88,7 +83,7 @@ def prob_scan(u, delta, A, B, C, D=None, noise=None, u_var=None, z=None, delta_b
     ``(last_mean, last_var)`` of the state, each (batch, channels, N).
     """
     if not isinstance(u, torch.Tensor) or not u.is_floating_point() or u.dim() != 3:
-        raise TypeError(f"u: expected a 3-D floating (batch, length, channels) tensor, got {_describe(u)}")
+        raise TypeError(f"u: expected a 3-D floating (batch, length, channels) tensor, got {describe(u)}")
     _check_like("delta", delta, u, optional=False)
     noise = _check_like("noise", noise, u)
     u_var = _check_like("u_var", u_var, u)
@@ -172,9 +167,9 @@ class ProbScan(nn.Module):
 
     def forward(self, x: torch.Tensor):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"x: expected a floating-point tensor, got {_describe(x)}")
+            raise TypeError(f"x: expected a floating-point tensor, got {describe(x)}")
         if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x: expected (batch, length, {self.dim}), got {_describe(x)}")
+            raise ValueError(f"x: expected (batch, length, {self.dim}), got {describe(x)}")
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs = causal_conv1d(xs, self.conv_weight, self.conv_bias, "silu") if self.d_conv else F.silu(xs)
         dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -213,7 +208,7 @@ class GaussianHead(nn.Module):
         var = F.softplus(self.raw_var(m)) + self.min_var
         if v is not None:
             if v.shape != m.shape:
-                raise ValueError(f"v: expected the shape of m {tuple(m.shape)}, got {_describe(v)}")
+                raise ValueError(f"v: expected the shape of m {tuple(m.shape)}, got {describe(v)}")
             var = var + F.linear(v, self.mean.weight * self.mean.weight)
         return mean, var
 
@@ -227,17 +222,17 @@ def gaussian_nll(mean: torch.Tensor, var, target: torch.Tensor, reduction: str =
     broadcastable to it, or a number (a fixed variance)."""
     for nm, t in (("mean", mean), ("target", target)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{nm}: expected a floating-point tensor, got {_describe(t)}")
+            raise TypeError(f"{nm}: expected a floating-point tensor, got {describe(t)}")
     if mean.shape != target.shape:
-        raise ValueError(f"mean: expected the shape of target {tuple(target.shape)}, got {_describe(mean)}")
+        raise ValueError(f"mean: expected the shape of target {tuple(target.shape)}, got {describe(mean)}")
     if not isinstance(var, torch.Tensor):
         if isinstance(var, bool) or not isinstance(var, (int, float)):
-            raise TypeError(f"var: expected a tensor or a number, got {_describe(var)}")
+            raise TypeError(f"var: expected a tensor or a number, got {describe(var)}")
         var = torch.tensor(float(var), dtype=mean.dtype, device=mean.device)
     try:
         var = var.expand_as(target)
     except RuntimeError:
-        raise ValueError(f"var: expected a shape broadcastable to {tuple(target.shape)}, got {_describe(var)}") from None
+        raise ValueError(f"var: expected a shape broadcastable to {tuple(target.shape)}, got {describe(var)}") from None
     _nonneg("var", var)
     return F.gaussian_nll_loss(mean, target, var, full=full, eps=eps, reduction=reduction)
 
@@ -260,7 +255,7 @@ def coverage(mean: torch.Tensor, var, target: torch.Tensor, sigmas=(1.0, 2.0)) -
     """Fraction of targets within ``k`` predicted standard deviations of the mean, per ``k``.
     A calibrated Gaussian gives about 0.683 (1 sigma) and 0.954 (2 sigma)."""
     if mean.shape != target.shape:
-        raise ValueError(f"mean: expected the shape of target {tuple(target.shape)}, got {_describe(mean)}")
+        raise ValueError(f"mean: expected the shape of target {tuple(target.shape)}, got {describe(mean)}")
     var = torch.as_tensor(var, dtype=mean.dtype, device=mean.device).expand_as(target)
     z = (target - mean).abs() / var.clamp_min(0).sqrt()
     return {float(k): float((z <= k).float().mean()) for k in sigmas}
@@ -334,9 +329,9 @@ class ProbFieldNet2d(nn.Module):
 
     def forward(self, x: torch.Tensor):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"x: expected a floating-point image tensor, got {_describe(x)}")
+            raise TypeError(f"x: expected a floating-point image tensor, got {describe(x)}")
         if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"x: expected (batch, {self.in_chans}, H, W), got {_describe(x)}")
+            raise ValueError(f"x: expected (batch, {self.in_chans}, H, W), got {describe(x)}")
         b, _, H, W = x.shape
         t = self.stem(x).flatten(2).transpose(1, 2)            # (b, H*W, dim), raster order
         for blk in self.blocks:
