@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from vscan.ops import causal_conv1d, selective_scan
 from vscan.ops._checks import check_tensor, describe
 
-from .mamba import init_dt_bias
+from .mamba import init_conv_, init_dt_proj_, s4d_real_A_log
 from .registry import register_mixer
 
 __all__ = [
@@ -904,16 +904,11 @@ class LiquidScan(nn.Module):
     def reset_parameters(self):
         rate_min, rate_max, leak_init = self._init
         if self.d_conv:
-            nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
-            if self.conv_bias is not None:
-                self.conv_bias.zero_()
-        std = self.rate_rank ** -0.5
-        nn.init.uniform_(self.rate_proj.weight, -std, std)
-        self.rate_proj.bias.copy_(init_dt_bias(self.d_inner, rate_min, rate_max, device=self.rate_proj.bias.device))
+            init_conv_(self.conv_weight, self.conv_bias)
+        init_dt_proj_(self.rate_proj.weight, self.rate_proj.bias, self.rate_rank, rate_min, rate_max)
         self.leak_log.fill_(math.log(leak_init))
         if self.A_log is not None:
-            self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32,
-                                                    device=self.A_log.device)).expand(self.d_inner, -1))
+            self.A_log.copy_(s4d_real_A_log(self.d_state, self.d_inner, device=self.A_log.device))
         self.erev.fill_(1.0)
         self.D.fill_(1.0)
 

@@ -31,6 +31,29 @@ def init_dt_bias(d_inner: int, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4, device=N
     return dt + torch.log(-torch.expm1(-dt))
 
 
+def s4d_real_A_log(d_state: int, *rows: int, device=None) -> torch.Tensor:
+    """log(1..N) broadcast to (*rows, N): A = -exp(A_log) = -(1..N), Mamba's S4D-real init."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32, device=device)).expand(*rows, d_state)
+
+
+@torch.no_grad()
+def init_dt_proj_(weight: torch.Tensor, bias: torch.Tensor, dt_rank: int, dt_min: float = 1e-3,
+                  dt_max: float = 1e-1, dt_floor: float = 1e-4, scale: float = 1.0) -> None:
+    """Mamba's dt projection: weight uniform in +-scale/sqrt(rank), bias the inverse softplus
+    of a log-uniform dt (any bias shape, e.g. stacked per direction)."""
+    std = dt_rank ** -0.5 * scale
+    nn.init.uniform_(weight, -std, std)
+    bias.copy_(init_dt_bias(bias.numel(), dt_min, dt_max, dt_floor, device=bias.device).view_as(bias))
+
+
+@torch.no_grad()
+def init_conv_(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """The depthwise short conv: nn.Conv1d's default weight init, zero bias."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bias.zero_()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
@@ -77,14 +100,9 @@ class MambaMixer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
-        if self.conv_bias is not None:
-            self.conv_bias.zero_()
-        std = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        self.dt_proj.bias.copy_(init_dt_bias(self.d_inner, *self._dt_range, device=self.dt_proj.bias.device))
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32,
-                                                device=self.A_log.device)).expand(self.d_inner, -1))
+        init_conv_(self.conv_weight, self.conv_bias)
+        init_dt_proj_(self.dt_proj.weight, self.dt_proj.bias, self.dt_rank, *self._dt_range)
+        self.A_log.copy_(s4d_real_A_log(self.d_state, self.d_inner, device=self.A_log.device))
         self.D.fill_(1.0)
 
     def _ssm_params(self, x):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from vscan.ops.multi_scan import multi_scan
 from vscan.scans import as_order_set
 
-from .mamba import init_dt_bias
+from .mamba import init_dt_proj_, s4d_real_A_log
 
 DEFAULT_ORDERS = {1: "bidirectional", 2: "cross", 3: "tri_orientation"}
 
@@ -54,11 +54,8 @@ class MultiDirSSM(nn.Module):
         dt_min, dt_max, floor, scale = self._dt_init
         K, d, N = self.A_log.shape
         nn.init.uniform_(self.x_proj_weight, -d ** -0.5, d ** -0.5)          # nn.Linear's default bound
-        std = self.dt_rank ** -0.5 * scale
-        nn.init.uniform_(self.dt_proj_weight, -std, std)
-        self.dt_proj_bias.copy_(init_dt_bias(K * d, dt_min, dt_max, floor, device=self.D.device).view(K, d))
-        self.A_log.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32, device=self.A_log.device))
-                         .expand(K, d, N))
+        init_dt_proj_(self.dt_proj_weight, self.dt_proj_bias, self.dt_rank, dt_min, dt_max, floor, scale)
+        self.A_log.copy_(s4d_real_A_log(N, K, d, device=self.A_log.device))
         self.D.fill_(1.0)
 
     def forward(self, u: torch.Tensor, index: torch.Tensor, merge: str = "sum") -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from vscan.ops import causal_conv1d, selective_scan
 from vscan.ops._checks import describe
 
-from .mamba import MambaMixer, RMSNorm, init_dt_bias
+from .mamba import MambaMixer, RMSNorm, init_conv_, init_dt_proj_, s4d_real_A_log
 
 __all__ = ["prob_scan", "ProbScan", "GaussianHead", "gaussian_nll", "GaussianNLLLoss", "coverage",
            "ProbFieldNet2d"]
@@ -153,16 +153,11 @@ class ProbScan(nn.Module):
     def reset_parameters(self):
         dt_min, dt_max, noise_init = self._init
         if self.d_conv:
-            nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
-            if self.conv_bias is not None:
-                self.conv_bias.zero_()
-        std = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        self.dt_proj.bias.copy_(init_dt_bias(self.d_inner, dt_min, dt_max, device=self.dt_proj.bias.device))
+            init_conv_(self.conv_weight, self.conv_bias)
+        init_dt_proj_(self.dt_proj.weight, self.dt_proj.bias, self.dt_rank, dt_min, dt_max)
         nn.init.zeros_(self.noise_proj.weight)
         self.noise_proj.bias.fill_(math.log(math.expm1(noise_init)))
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32,
-                                                device=self.A_log.device)).expand(self.d_inner, -1))
+        self.A_log.copy_(s4d_real_A_log(self.d_state, self.d_inner, device=self.A_log.device))
         self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor):

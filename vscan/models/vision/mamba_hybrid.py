@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from timm.layers import Attention, ClassifierHead, DropPath, Mlp, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from vscan.layers.mamba import init_dt_bias
+from vscan.layers.mamba import init_dt_proj_, s4d_real_A_log
 from vscan.ops import selective_scan
 
 from ._common import (check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
@@ -64,11 +64,8 @@ class HybridMambaMixer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        std = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        self.dt_proj.bias.copy_(init_dt_bias(self.half, *self._dt_range, device=self.dt_proj.bias.device))
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device))
-                         .expand(self.half, -1))
+        init_dt_proj_(self.dt_proj.weight, self.dt_proj.bias, self.dt_rank, *self._dt_range)
+        self.A_log.copy_(s4d_real_A_log(self.d_state, self.half, device=self.A_log.device))
         self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
