@@ -7,7 +7,7 @@ is built.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -54,6 +54,30 @@ def resolve_features(features, feature_size, num_stages, max_features, name: str
     if len(feats) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in feats):
         raise ValueError(f"{name}: features must hold at least 2 positive ints (one per stage), got {features!r}")
     return feats
+
+
+class NetArgs(NamedTuple):
+    """What :func:`check_net_args` hands back to a network's constructor."""
+    name: str                   # the network's class name, used in every error message
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    features: tuple[int, ...]   # channels per stage
+
+
+def check_net_args(net: nn.Module, spatial_dims, in_channels, out_channels, features, feature_size, num_stages,
+                   max_features) -> NetArgs:
+    """The constructor prologue of the stage-based MONAI networks: ensure MONAI is importable,
+    check ``spatial_dims`` and ``in_channels`` / ``out_channels`` and resolve the per-stage widths
+    (:func:`resolve_features`). Errors name ``type(net).__name__``, the argument, what was
+    expected and what was given."""
+    name = type(net).__name__
+    require_monai()
+    return NetArgs(name=name,
+                   spatial_dims=check_spatial_dims(spatial_dims, name),
+                   in_channels=check_positive_int(in_channels, "in_channels", name),
+                   out_channels=check_positive_int(out_channels, "out_channels", name),
+                   features=resolve_features(features, feature_size, num_stages, max_features, name))
 
 
 def per_stage(value, n: int, arg: str, name: str) -> list:

@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ._common import (ScanBlock, as_tuple, check_dropout, check_input, check_norm_act, check_positive_int,
-                      check_spatial_dims, crop_to, pad_to_multiple, per_stage, require_monai, resolve_features)
+from ._common import (ScanBlock, as_tuple, check_dropout, check_input, check_net_args, check_norm_act,
+                      check_positive_int, crop_to, pad_to_multiple, per_stage, require_monai)
 
 require_monai()
 from monai.networks.blocks import UnetResBlock  # noqa: E402
@@ -81,12 +81,9 @@ class ScanSegNet(nn.Module):
                  deep_supervision: bool = False, deep_supr_num: int = 1, mamba_fp32: bool = True,
                  pad_input: bool = True):
         super().__init__()
-        name = type(self).__name__
-        require_monai()
-        self.spatial_dims = sd = check_spatial_dims(spatial_dims, name)
-        self.in_channels = check_positive_int(in_channels, "in_channels", name)
-        self.out_channels = check_positive_int(out_channels, "out_channels", name)
-        self.features = feats = resolve_features(features, feature_size, num_stages, max_features, name)
+        name, sd, self.in_channels, self.out_channels, feats = check_net_args(
+            self, spatial_dims, in_channels, out_channels, features, feature_size, num_stages, max_features)
+        self.spatial_dims, self.features = sd, feats
         n = len(feats)
         depths = [check_positive_int(d, "depths", name, minimum=0) for d in per_stage(depths, n, "depths", name)]
         stem_k = as_tuple(stem_kernel_size, sd, "stem_kernel_size", name)
