@@ -30,8 +30,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from vscan.layers.mamba import init_dt_proj_, s4d_real_A_log
 from vscan.ops import selective_scan
 
-from ._common import (check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
-                      ssm_no_weight_decay, take_indices)
+from ._api import PoolHeadMixin, StageStackMixin
+from ._common import drop_path_rates, init_linear, reject_unknown, take_indices
 
 __all__ = ["MambaHybrid", "HybridMambaMixer"]
 
@@ -162,7 +162,7 @@ class HybridStage(nn.Module):
         return x
 
 
-class MambaHybrid(nn.Module):
+class MambaHybrid(StageStackMixin, PoolHeadMixin, nn.Module):
     """MambaVision-style hybrid classifier; every hyper-parameter is a keyword.
 
     Args:
@@ -173,6 +173,8 @@ class MambaHybrid(nn.Module):
         layer_scale / layer_scale_conv: initial layer-scale of token / conv blocks (None: off).
         global_pool, drop_rate, drop_path_rate, attn_drop_rate: as in timm.
     """
+
+    head_input_fmt = "NCHW"
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
                  depths: Sequence[int] = (1, 3, 8, 4), dim: int = 80, in_dim: int = 32,
@@ -210,41 +212,7 @@ class MambaHybrid(nn.Module):
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         init_linear(self)
 
-    # -- timm model API -------------------------------------------------------------------------
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return ssm_no_weight_decay(self)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
-            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, **factory_kwargs(self))
-
     # -- forward --------------------------------------------------------------------------------
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_input(type(self).__name__, x, 4, self.in_chans, (1, 1))
-        return self.norm(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
@@ -253,8 +221,7 @@ class MambaHybrid(nn.Module):
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take, max_index = take_indices(len(self.stages), indices)
-        x = check_input(type(self).__name__, x, 4, self.in_chans, (1, 1))
-        x = self.stem(x)
+        x = self._stem(x)
         last = len(self.stages) - 1
         stages = self.stages if not stop_early else self.stages[:max_index + 1]
         intermediates = []
@@ -266,20 +233,6 @@ class MambaHybrid(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take, max_index = take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            self.head = ClassifierHead(self.num_features, 0, pool_type="", **factory_kwargs(self))
-        elif prune_head:
-            self.reset_classifier(0, "")
-        return take
 
 
 # --------------------------------------------------------------------------------------------

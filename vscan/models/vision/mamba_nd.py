@@ -20,14 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from vscan.layers import RMSNorm
 from vscan.scans import AlternatingSchedule, CyclicSchedule
 
 from ._builder import build_nd_model
-from ._common import (PoolHead, check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
-                      rescale_out_proj, ssm_no_weight_decay, take_indices)
+from ._api import PoolHeadMixin, TokenStackMixin
+from ._common import (PoolHead, check_input, drop_path_rates, init_linear, reject_unknown, rescale_out_proj,
+                      take_indices)
 from .vim import VimBlock
 
 __all__ = ["MambaND"]
@@ -67,7 +68,7 @@ def tokens_to_grid(x: torch.Tensor, grid) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
 
 
-class MambaND(nn.Module):
+class MambaND(TokenStackMixin, PoolHeadMixin, nn.Module):
     """Mamba-ND-style classifier over (B, C, *spatial) inputs; every hyper-parameter is a keyword.
 
     Args:
@@ -79,6 +80,8 @@ class MambaND(nn.Module):
         embed_dim, depth, d_state, d_conv, expand, dt_rank, pos_embed, residual_in_fp32, norm_eps.
         global_pool: 'avg', 'max' or ''; drop_rate, drop_path_rate.
     """
+
+    stem_params = ("pos_embed",)
 
     def __init__(self, img_size: Union[int, Sequence[int]] = 64, patch_size: Union[int, Sequence[int]] = 8,
                  in_chans: int = 1, num_classes: int = 2, spatial_dims: int = 3, global_pool: str = "avg",
@@ -120,28 +123,6 @@ class MambaND(nn.Module):
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
 
-    # -- timm model API -------------------------------------------------------------------------
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return ssm_no_weight_decay(self, extra=("pos_embed",))
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, **factory_kwargs(self))
-
     # -- forward --------------------------------------------------------------------------------
 
     def _tokens(self, x: torch.Tensor):
@@ -151,21 +132,10 @@ class MambaND(nn.Module):
         x, grid = grid_to_tokens(x)                                          # (B, L, C), grid order
         return (x.float() if self.residual_in_fp32 else x), grid, dtype
 
-    def _block(self, blk: nn.Module, x: torch.Tensor, grid):
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, grid)
-        return blk(x, grid)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, grid, dtype = self._tokens(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, grid)
+    def _features(self, x: torch.Tensor, grid, dtype) -> torch.Tensor:
         return tokens_to_grid(self.norm(x).to(dtype), grid)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # here, not in the mixin: see _api's docstring (FX)
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
@@ -185,17 +155,7 @@ class MambaND(nn.Module):
                 out.append(y if output_fmt == "NLC" else tokens_to_grid(y, grid))
         if intermediates_only:
             return out
-        return tokens_to_grid(self.norm(x).to(dtype), grid), out
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take, max_index = take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
+        return self._features(x, grid, dtype), out
 
 
 # --------------------------------------------------------------------------------------------

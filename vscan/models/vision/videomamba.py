@@ -20,15 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from vscan.layers import RMSNorm
 from vscan.scans import ScanOrderSet, get_order, with_cls_token
 
 from ._builder import build_nd_model
-from ._common import (check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
-                      rescale_out_proj, ssm_no_weight_decay, take_indices)
-from .vim import CLS_POSITIONS, VimBlock, cls_index, patch_mean, split_cls
+from ._api import LinearTokenHeadMixin, TokenStackMixin
+from ._common import check_input, drop_path_rates, init_linear, reject_unknown, rescale_out_proj, take_indices
+from .vim import CLS_POSITIONS, VimBlock, split_cls
 
 __all__ = ["VideoMamba"]
 
@@ -64,7 +64,7 @@ def embed_video_tokens(x: torch.Tensor, pos_spatial: torch.Tensor, pos_temporal:
     return torch.cat([x[:, :p], cls, x[:, p:]], dim=1)
 
 
-class VideoMamba(nn.Module):
+class VideoMamba(TokenStackMixin, LinearTokenHeadMixin, nn.Module):
     """VideoMamba-style classifier over clips (B, C, T, H, W); every hyper-parameter is a keyword.
 
     Args:
@@ -74,6 +74,8 @@ class VideoMamba(nn.Module):
         cls_position: 'start' (VideoMamba), 'middle' or 'end'; global_pool 'token' / 'avg' / ''.
         embed_dim, depth, d_state, d_conv, expand, dt_rank, residual_in_fp32, norm_eps: as Vim.
     """
+
+    stem_params = ("cls_token", "pos_embed", "temporal_pos_embed")
 
     def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, num_frames: int = 8,
                  tubelet_size: int = 1, in_chans: int = 3, num_classes: int = 400, global_pool: str = "token",
@@ -119,35 +121,6 @@ class VideoMamba(nn.Module):
         for p in (self.pos_embed, self.temporal_pos_embed, self.cls_token):
             trunc_normal_(p, std=0.02)
 
-    # -- timm model API -------------------------------------------------------------------------
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return ssm_no_weight_decay(self, extra=("pos_embed", "temporal_pos_embed", "cls_token"))
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^cls_token|^pos_embed|^temporal_pos_embed|^patch_embed",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes, **factory_kwargs(self)) if num_classes > 0 \
-            else nn.Identity()
-        self.head.train(self.training)
-
     # -- forward --------------------------------------------------------------------------------
 
     def _tokens(self, x: torch.Tensor):
@@ -160,26 +133,7 @@ class VideoMamba(nn.Module):
         dtype = x.dtype
         return (x.float() if self.residual_in_fp32 else x), grid, dtype
 
-    def _block(self, blk: nn.Module, x: torch.Tensor, grid):
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, grid)
-        return blk(x, grid)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, grid, dtype = self._tokens(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, grid)
-        return self.norm(x).to(dtype)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "token":
-            x = x[:, cls_index(x.shape[1], self.cls_position)]
-        elif self.global_pool == "avg":
-            x = patch_mean(x, self.cls_position, True)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # here, not in the mixin: see _api's docstring (FX)
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
@@ -206,17 +160,7 @@ class VideoMamba(nn.Module):
                 out.append(tokens)
         if intermediates_only:
             return out
-        return self.norm(x).to(dtype), out
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take, max_index = take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
+        return self._features(x, grid, dtype), out
 
 
 # --------------------------------------------------------------------------------------------

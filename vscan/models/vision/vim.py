@@ -23,14 +23,14 @@ import torch
 import torch.nn as nn
 from timm.layers import (DropPath, PatchEmbed, register_notrace_function, register_notrace_module,
                          resample_abs_pos_embed, trunc_normal_)
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from vscan.layers import RMSNorm
 from vscan.layers.bimamba import BidirectionalMamba
 from vscan.scans import cls_position, with_cls_token
 
-from ._common import (check_input, drop_path_rates, factory_kwargs, init_linear, reject_unknown,
-                      rescale_out_proj, ssm_no_weight_decay, take_indices)
+from ._api import LinearTokenHeadMixin, TokenStackMixin
+from ._common import check_input, drop_path_rates, init_linear, reject_unknown, rescale_out_proj, take_indices
 
 __all__ = ["VisionMamba", "VimBlock"]
 
@@ -87,7 +87,7 @@ def split_cls(x: torch.Tensor, grid: Tuple[int, int], position: str, has_cls: bo
     return x[:, p], torch.cat([x[:, :p], x[:, p + 1:]], dim=1)
 
 
-class VisionMamba(nn.Module):
+class VisionMamba(TokenStackMixin, LinearTokenHeadMixin, nn.Module):
     """Vision Mamba (Vim) classifier; every hyper-parameter is a keyword.
 
     Args:
@@ -103,6 +103,8 @@ class VisionMamba(nn.Module):
         drop_rate, pos_drop_rate, drop_path_rate: dropout before the head, after the
             position embedding, and stochastic depth (linear over depth).
     """
+
+    stem_params = ("cls_token", "pos_embed")
 
     def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, global_pool: str = "token", embed_dim: int = 192, depth: int = 24,
@@ -158,36 +160,7 @@ class VisionMamba(nn.Module):
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
 
-    # -- timm model API -------------------------------------------------------------------------
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return ssm_no_weight_decay(self, extra=("pos_embed", "cls_token"))
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None),
-                                                                         (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            if global_pool == "token" and not self.has_class_token:
-                raise ValueError("global_pool='token' needs a class token")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes, **factory_kwargs(self)) if num_classes > 0 \
-            else nn.Identity()
-        self.head.train(self.training)
+    # -- timm model API (the rest is in _api's mixins) -----------------------------------------
 
     def set_input_size(self, img_size=None, patch_size=None):
         """Change the default input size (and patch size); the position embedding is resampled."""
@@ -218,26 +191,7 @@ class VisionMamba(nn.Module):
             x = x.float()
         return x, grid, dtype
 
-    def _block(self, blk: nn.Module, x: torch.Tensor, grid):
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, grid)
-        return blk(x, grid)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, grid, dtype = self._tokens(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, grid)
-        return self.norm(x).to(dtype)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "token":
-            x = x[:, cls_index(x.shape[1], self.cls_position)]
-        elif self.global_pool == "avg":
-            x = patch_mean(x, self.cls_position, self.has_class_token)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # here, not in the mixin: see _api's docstring (FX)
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
@@ -265,34 +219,7 @@ class VisionMamba(nn.Module):
             intermediates = list(zip(intermediates, prefixes))
         if intermediates_only:
             return intermediates
-        return self.norm(x).to(dtype), intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take, max_index = take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-
-def patch_mean(x: torch.Tensor, position: str, has_cls: bool) -> torch.Tensor:
-    """Mean over the patch tokens of (B, L, C), leaving the class token out."""
-    if not has_cls:
-        return x.mean(1)
-    L = x.shape[1]
-    return (x.sum(1) - x[:, cls_index(L, position)]) / (L - 1)
-
-
-def cls_index(length, position: str):
-    """Sequence position of the class token in a sequence of ``length`` = 1 + H*W tokens."""
-    if position == "start":
-        return 0
-    if position == "end":
-        return length - 1
-    return (length - 1) // 2
+        return self._features(x, grid, dtype), intermediates
 
 
 # --------------------------------------------------------------------------------------------
