@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function, trunc_normal_
 
+from vscan.layers.ordered import build_grid_mixer
+
 # SSM parameters that must not be weight-decayed although they are 2-D or 3-D (timm only
 # skips 1-D params and names ending in '.bias'): decay rates, skip gains, dt biases, the
 # stacked depthwise-conv biases of the multi-direction mixers.
@@ -64,10 +66,29 @@ def ssm_no_weight_decay(model: nn.Module, extra: Sequence[str] = ()) -> set[str]
     return out
 
 
+_OWN_INIT = "_vscan_own_init"
+
+
+def keep_own_init(module: nn.Module) -> nn.Module:
+    """Mark ``module`` (a mixer chosen with ``mixer=``) to keep the initialisation its constructor
+    gave it: :func:`init_linear` and :func:`rescale_out_proj` skip it and its submodules."""
+    setattr(module, _OWN_INIT, True)
+    return module
+
+
+def _own_init_filter(root: nn.Module):
+    """named_modules of ``root`` without the subtrees marked by :func:`keep_own_init`."""
+    kept = tuple(n + "." for n, m in root.named_modules() if getattr(m, _OWN_INIT, False))
+    for name, m in root.named_modules():
+        if not (kept and (name + ".").startswith(kept)):
+            yield name, m
+
+
 def init_linear(module: nn.Module, std: float = 0.02, skip: Sequence[str] = ("dt_proj",)) -> None:
     """Truncated-normal weights and zero biases for every nn.Linear (ViT / Vim / VMamba init),
-    except those named in ``skip`` (the dt projections keep Mamba's dt initialisation)."""
-    for name, m in module.named_modules():
+    except those named in ``skip`` (the dt projections keep Mamba's dt initialisation) and those
+    in modules marked with :func:`keep_own_init`."""
+    for name, m in _own_init_filter(module):
         if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in skip:
             trunc_normal_(m.weight, std=std)
             if m.bias is not None:
@@ -76,8 +97,9 @@ def init_linear(module: nn.Module, std: float = 0.02, skip: Sequence[str] = ("dt
 
 @torch.no_grad()
 def rescale_out_proj(blocks: nn.Module, depth: int) -> None:
-    """Mamba's pre-norm residual rescale: each mixer's out_proj ~ kaiming-uniform / sqrt(depth)."""
-    for m in blocks.modules():
+    """Mamba's pre-norm residual rescale: each mixer's out_proj ~ kaiming-uniform / sqrt(depth)
+    (not in modules marked with :func:`keep_own_init`)."""
+    for _, m in _own_init_filter(blocks):
         proj = getattr(m, "out_proj", None)
         if isinstance(proj, nn.Linear) and proj.weight.device.type != "meta":
             nn.init.kaiming_uniform_(proj.weight, a=math.sqrt(5))
@@ -140,3 +162,18 @@ class PoolHead(nn.Module):
             x = x.flatten(2).amax(-1)
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
+
+
+def block_mixer(name: str, dim: int, orders, mixer_kwargs: dict | None, own_init: bool = True, device=None,
+                dtype=None) -> nn.Module:
+    """A vision block's token mixer from the mixer registry: ``name`` built with ``mixer_kwargs``
+    over grids scanned in the block's ``orders`` (1-D mixers run along each order, see
+    :func:`vscan.layers.ordered.build_grid_mixer`), called as ``m(tokens, grid_shape)``. With
+    ``own_init`` (for a mixer other than the model's default) it keeps the initialisation its
+    constructor gave it (:func:`keep_own_init`)."""
+    kwargs = dict(mixer_kwargs or {})
+    if "orders" in kwargs:
+        raise ValueError("mixer_kwargs: the scan orders are the model's (its orders / scan_order / schedule "
+                         "argument), not a mixer keyword")
+    mixer = build_grid_mixer(name, dim, orders, device=device, dtype=dtype, **kwargs)
+    return keep_own_init(mixer) if own_init else mixer

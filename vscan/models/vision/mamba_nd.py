@@ -29,7 +29,7 @@ from ._builder import build_nd_model
 from ._api import PoolHeadMixin, TokenStackMixin
 from ._common import (PoolHead, check_input, drop_path_rates, init_linear, reject_unknown, rescale_out_proj,
                       take_indices)
-from .vim import VimBlock
+from .vim import DEFAULT_MIXER, VimBlock
 
 __all__ = ["MambaND"]
 
@@ -78,6 +78,7 @@ class MambaND(TokenStackMixin, PoolHeadMixin, nn.Module):
         schedule: 'alternating' (Mamba-ND's per-layer axis/direction alternation) or a list of
             scan-order names cycled over the layers (e.g. ['raster', 'raster_rev']).
         embed_dim, depth, d_state, d_conv, expand, dt_rank, pos_embed, residual_in_fp32, norm_eps.
+        mixer, mixer_kwargs: as Vim's (a 1-D ``mixer`` runs along each layer's order).
         global_pool: 'avg', 'max' or ''; drop_rate, drop_path_rate.
     """
 
@@ -88,7 +89,8 @@ class MambaND(TokenStackMixin, PoolHeadMixin, nn.Module):
                  embed_dim: int = 192, depth: int = 12, d_state: int = 16, d_conv: int = 4, expand: float = 2.0,
                  dt_rank="auto", schedule="alternating", pos_embed: bool = True, residual_in_fp32: bool = True,
                  norm_eps: float = 1e-5, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 device=None, dtype=None, **kwargs):
+                 mixer: str = DEFAULT_MIXER, mixer_kwargs: Optional[dict] = None, device=None, dtype=None,
+                 **kwargs):
         reject_unknown(type(self).__name__, kwargs)
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -114,7 +116,8 @@ class MambaND(TokenStackMixin, PoolHeadMixin, nn.Module):
         dpr = drop_path_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.ModuleList([
             VimBlock(embed_dim, [sched(i)], d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
-                     drop_path=dpr[i], norm_eps=norm_eps, **dd) for i in range(depth)])
+                     drop_path=dpr[i], norm_eps=norm_eps, mixer=mixer, mixer_kwargs=mixer_kwargs, **dd)
+            for i in range(depth)])
         self.norm = RMSNorm(embed_dim, eps=norm_eps, **dd)
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch[0]) for i in range(depth)]
         self.head = PoolHead(embed_dim, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)

@@ -28,7 +28,7 @@ from vscan.scans import ScanOrderSet, get_order, with_cls_token
 from ._builder import build_nd_model
 from ._api import LinearTokenHeadMixin, TokenStackMixin
 from ._common import check_input, drop_path_rates, init_linear, reject_unknown, rescale_out_proj, take_indices
-from .vim import CLS_POSITIONS, VimBlock, split_cls
+from .vim import CLS_POSITIONS, DEFAULT_MIXER, VimBlock, split_cls
 
 __all__ = ["VideoMamba"]
 
@@ -72,7 +72,8 @@ class VideoMamba(TokenStackMixin, LinearTokenHeadMixin, nn.Module):
             embeddings are sized for it and resampled for other sizes / lengths).
         scan_order: spatiotemporal order of the (T', H', W') grid, walked both ways.
         cls_position: 'start' (VideoMamba), 'middle' or 'end'; global_pool 'token' / 'avg' / ''.
-        embed_dim, depth, d_state, d_conv, expand, dt_rank, residual_in_fp32, norm_eps: as Vim.
+        embed_dim, depth, d_state, d_conv, expand, dt_rank, mixer, mixer_kwargs, residual_in_fp32,
+            norm_eps: as Vim (a 1-D ``mixer`` runs along ``scan_order`` both ways).
     """
 
     stem_params = ("cls_token", "pos_embed", "temporal_pos_embed")
@@ -82,7 +83,8 @@ class VideoMamba(TokenStackMixin, LinearTokenHeadMixin, nn.Module):
                  embed_dim: int = 192, depth: int = 24, d_state: int = 16, d_conv: int = 4, expand: float = 2.0,
                  dt_rank="auto", scan_order: str = "spatial_first", cls_position: str = "start",
                  residual_in_fp32: bool = True, norm_eps: float = 1e-5, drop_rate: float = 0.0,
-                 pos_drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None, dtype=None, **kwargs):
+                 pos_drop_rate: float = 0.0, drop_path_rate: float = 0.0, mixer: str = DEFAULT_MIXER,
+                 mixer_kwargs: Optional[dict] = None, device=None, dtype=None, **kwargs):
         reject_unknown(type(self).__name__, kwargs)
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -110,7 +112,8 @@ class VideoMamba(TokenStackMixin, LinearTokenHeadMixin, nn.Module):
         dpr = drop_path_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.ModuleList([
             VimBlock(embed_dim, orders, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
-                     drop_path=dpr[i], norm_eps=norm_eps, **dd) for i in range(depth)])
+                     drop_path=dpr[i], norm_eps=norm_eps, mixer=mixer, mixer_kwargs=mixer_kwargs, **dd)
+            for i in range(depth)])
         self.norm = RMSNorm(embed_dim, eps=norm_eps, **dd)
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch[0])
                              for i in range(depth)]

@@ -27,28 +27,42 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from vscan.layers import RMSNorm
 from vscan.layers.bimamba import BidirectionalMamba
+from vscan.layers.ordered import OrderedMixer
 from vscan.scans import cls_position, with_cls_token
 
 from ._api import LinearTokenHeadMixin, TokenStackMixin
-from ._common import check_input, drop_path_rates, init_linear, reject_unknown, rescale_out_proj, take_indices
+from ._common import (block_mixer, check_input, drop_path_rates, init_linear, reject_unknown, rescale_out_proj,
+                      take_indices)
 
 __all__ = ["VisionMamba", "VimBlock"]
 
 register_notrace_module(BidirectionalMamba)    # data-dependent scan loops: one opaque call under FX
+register_notrace_module(OrderedMixer)
 CLS_POSITIONS = ("start", "middle", "end")
+DEFAULT_MIXER = "bimamba"
 
 
 class VimBlock(nn.Module):
     """``x + DropPath(mixer(RMSNorm(x)))``; the mixer runs in the parameters' dtype, the
-    residual stream keeps the dtype it arrives in (float32 in Vim)."""
+    residual stream keeps the dtype it arrives in (float32 in Vim).
+
+    ``mixer``: 'bimamba' (Vim's bidirectional Mamba, sized by d_state / d_conv / expand /
+    dt_rank, with ``mixer_kwargs`` on top) or any other registered mixer
+    (:func:`vscan.layers.list_mixers`), built with ``mixer_kwargs`` only and run along each of
+    ``orders`` (:func:`vscan.layers.ordered.build_grid_mixer`); such a mixer keeps its own
+    initialisation."""
 
     def __init__(self, dim: int, orders, d_state: int = 16, d_conv: int = 4, expand: float = 2.0,
-                 dt_rank="auto", drop_path: float = 0.0, norm_eps: float = 1e-5, device=None, dtype=None):
+                 dt_rank="auto", drop_path: float = 0.0, norm_eps: float = 1e-5, mixer: str = DEFAULT_MIXER,
+                 mixer_kwargs: Optional[dict] = None, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm = RMSNorm(dim, eps=norm_eps, **dd)
-        self.mixer = BidirectionalMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
-                                        orders=orders, **dd)
+        if mixer == DEFAULT_MIXER:
+            kwargs = dict(dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank), **(mixer_kwargs or {}))
+            self.mixer = block_mixer(mixer, dim, orders, kwargs, own_init=False, **dd)
+        else:
+            self.mixer = block_mixer(mixer, dim, orders, mixer_kwargs, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid_shape: Tuple[int, ...]) -> torch.Tensor:
@@ -98,6 +112,11 @@ class VisionMamba(TokenStackMixin, LinearTokenHeadMixin, nn.Module):
         class_token: use a class token; ``cls_position``: 'middle' (Vim), 'start' or 'end'.
         orders: scan order set of every block ('bidirectional' = Vim's bimamba v2).
         d_state, d_conv, expand, dt_rank: Mamba mixer sizes.
+        mixer, mixer_kwargs: the blocks' token mixer: 'bimamba' (Vim's, sized by the four
+            arguments above; ``mixer_kwargs`` are added to them) or another registered mixer
+            (``vscan.layers.list_mixers()``, e.g. 'liquid', 'cfc'), built with ``mixer_kwargs``
+            alone; a 1-D one runs along each of ``orders`` (class token included) and the
+            directions are averaged (:class:`vscan.layers.ordered.OrderedMixer`).
         residual_in_fp32: keep the residual stream in float32 under bf16/fp16.
         pos_embed: learned absolute position embedding.
         drop_rate, pos_drop_rate, drop_path_rate: dropout before the head, after the
@@ -112,7 +131,8 @@ class VisionMamba(TokenStackMixin, LinearTokenHeadMixin, nn.Module):
                  orders="bidirectional", class_token: bool = True, cls_position: str = "middle",
                  pos_embed: bool = True, residual_in_fp32: bool = True, norm_eps: float = 1e-5,
                  drop_rate: float = 0.0, pos_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 device=None, dtype=None, **kwargs):
+                 mixer: str = DEFAULT_MIXER, mixer_kwargs: Optional[dict] = None, device=None, dtype=None,
+                 **kwargs):
         reject_unknown(type(self).__name__, kwargs)
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -143,7 +163,8 @@ class VisionMamba(TokenStackMixin, LinearTokenHeadMixin, nn.Module):
         dpr = drop_path_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.ModuleList([
             VimBlock(embed_dim, block_orders, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
-                     drop_path=dpr[i], norm_eps=norm_eps, **dd) for i in range(depth)])
+                     drop_path=dpr[i], norm_eps=norm_eps, mixer=mixer, mixer_kwargs=mixer_kwargs, **dd)
+            for i in range(depth)])
         self.norm = RMSNorm(embed_dim, eps=norm_eps, **dd)
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=self.patch_size[0])
                              for i in range(depth)]

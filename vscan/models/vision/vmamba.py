@@ -23,13 +23,17 @@ from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, register_not
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from vscan.layers.multidir import MultiDirMamba
+from vscan.layers.ordered import OrderedMixer
+from vscan.layers.registry import list_mixers
 
 from ._api import PoolHeadMixin, StageStackMixin
-from ._common import drop_path_rates, init_linear, reject_unknown, take_indices
+from ._common import block_mixer, drop_path_rates, init_linear, reject_unknown, take_indices
 
 __all__ = ["VMamba", "VSSBlock"]
 
 register_notrace_module(MultiDirMamba)
+register_notrace_module(OrderedMixer)
+DEFAULT_MIXER = "ss2d"
 
 
 def _to_nchw(x: torch.Tensor) -> torch.Tensor:
@@ -71,16 +75,33 @@ class Downsample(nn.Module):
 
 
 class VSSBlock(nn.Module):
-    """VMamba's VSS block on (B, H, W, C): multi-direction SSM, then an MLP (if mlp_ratio > 0)."""
+    """VMamba's VSS block on (B, H, W, C): multi-direction SSM, then an MLP (if mlp_ratio > 0).
+
+    ``mixer``: 'ss2d' (VMamba's SS2D, :class:`MultiDirMamba`, sized by d_state / ssm_ratio /
+    dt_rank / d_conv, with ``mixer_kwargs`` on top) or a registered mixer
+    (:func:`vscan.layers.list_mixers`) built with ``mixer_kwargs`` alone, run on the H*W tokens
+    along each of ``orders`` (:func:`vscan.layers.ordered.build_grid_mixer`); such a mixer keeps
+    its own initialisation."""
 
     def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", d_conv: int = 3,
                  orders="cross", mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-5,
-                 device=None, dtype=None):
+                 mixer: str = DEFAULT_MIXER, mixer_kwargs: Optional[dict] = None, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
-        self.mixer = MultiDirMamba(dim, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
-                                   orders=orders, spatial_dims=2, **dd)
+        self.mixer_on_tokens = mixer != DEFAULT_MIXER
+        if mixer == DEFAULT_MIXER:
+            kwargs = dict(dict(d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv),
+                          **(mixer_kwargs or {}))
+            for fixed in ("orders", "spatial_dims"):
+                if fixed in kwargs:
+                    raise ValueError(f"mixer_kwargs: {fixed!r} is set by the model, not a mixer keyword")
+            self.mixer = MultiDirMamba(dim, orders=orders, spatial_dims=2, **kwargs, **dd)
+        elif mixer not in list_mixers():
+            raise ValueError(f"mixer: unknown name {mixer!r}; VMamba takes {DEFAULT_MIXER!r} (its SS2D, the "
+                             f"default) or a registered mixer {list_mixers()}")
+        else:
+            self.mixer = block_mixer(mixer, dim, orders, mixer_kwargs, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if mlp_ratio > 0:
             self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
@@ -88,8 +109,14 @@ class VSSBlock(nn.Module):
         else:
             self.norm2 = self.mlp = None
 
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mixer_on_tokens:                       # registry mixers read (B, H*W, C) tokens + the grid
+            B, H, W, C = x.shape
+            return self.mixer(x.reshape(B, H * W, C), (H, W)).reshape(B, H, W, C)
+        return self.mixer(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(self.norm(x)))
+        x = x + self.drop_path(self._mix(self.norm(x)))
         if self.mlp is not None:
             x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
@@ -126,6 +153,11 @@ class VMamba(StageStackMixin, PoolHeadMixin, nn.Module):
         depths: blocks per stage; dims: one width or one per stage (default doubles: d, 2d, 4d, 8d).
         d_state, ssm_ratio, dt_rank, d_conv: SS2D sizes (ssm_ratio = d_inner / dim).
         orders: scan orders of every block (default 'cross', VMamba's four directions).
+        mixer, mixer_kwargs: the blocks' token mixer: 'ss2d' (VMamba's SS2D, sized by the
+            SS2D arguments above; ``mixer_kwargs`` are added to them) or another registered mixer
+            (``vscan.layers.list_mixers()``, e.g. 'liquid', 'cfc'), built with ``mixer_kwargs``
+            alone; a 1-D one runs along each of ``orders`` and the directions are averaged
+            (:class:`vscan.layers.ordered.OrderedMixer`).
         mlp_ratio: MLP hidden ratio (0 = no MLP, VMamba v0).
         global_pool: 'avg', 'max', 'avgmax' or '' (timm ClassifierHead).
         drop_rate, drop_path_rate: head dropout, stochastic depth (linear over all blocks).
@@ -138,7 +170,8 @@ class VMamba(StageStackMixin, PoolHeadMixin, nn.Module):
                  depths: Sequence[int] = (2, 2, 8, 2), dims: Union[int, Sequence[int]] = 96, d_state: int = 1,
                  ssm_ratio: float = 1.0, dt_rank="auto", d_conv: int = 3, orders="cross", mlp_ratio: float = 4.0,
                  norm_eps: float = 1e-5, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 device=None, dtype=None, **kwargs):
+                 mixer: str = DEFAULT_MIXER, mixer_kwargs: Optional[dict] = None, device=None, dtype=None,
+                 **kwargs):
         reject_unknown(type(self).__name__, kwargs)
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -154,7 +187,8 @@ class VMamba(StageStackMixin, PoolHeadMixin, nn.Module):
         self.stages = nn.Sequential(*[
             VMambaStage(dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, drop_path=dpr[i],
                         norm_eps=norm_eps, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
-                        orders=orders, mlp_ratio=mlp_ratio, **dd) for i in range(n)])
+                        orders=orders, mlp_ratio=mlp_ratio, mixer=mixer, mixer_kwargs=mixer_kwargs, **dd)
+            for i in range(n)])
         self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}") for i in range(n)]
         self.norm = nn.LayerNorm(dims[-1], eps=norm_eps, **dd)
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate,
