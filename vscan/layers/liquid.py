@@ -30,17 +30,24 @@ Three families, all token-major ``(batch, length, channels)`` by default:
 
 Time gaps (``timespans``) are the time elapsed since the previous sample (for the first step:
 since the initial state); they must be finite and >= 0. 1.0 everywhere when not given.
+
+Both mixers (:class:`LiquidScan`, :class:`CfCMixer`) also follow the *recurrent-mixer
+protocol* the language-model stacks use for cached generation (see
+:func:`vscan.models.lm.base.is_recurrent_mixer`): ``allocate_state(batch, device, dtype)``
+returns a constant-size state object with ``nbytes()``; ``forward(x, state=state)`` continues
+the sequence from that state and advances it in place; ``step(x_t, state)`` does one token.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vscan.ops import causal_conv1d, selective_scan
+from vscan.ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 from vscan.ops._checks import check_tensor, describe
 
 from .mamba import init_conv_, init_dt_proj_, s4d_real_A_log
@@ -48,8 +55,8 @@ from .registry import register_mixer
 
 __all__ = [
     "Wiring", "FullyConnected", "NCP", "AutoNCP",
-    "LTCCell", "LTC", "CfCCell", "CfC", "CfCMixer",
-    "LiquidScan", "liquid_scan", "check_timespans",
+    "LTCCell", "LTC", "CfCCell", "CfC", "CfCMixer", "CfCState",
+    "LiquidScan", "LiquidScanState", "liquid_scan", "check_timespans",
 ]
 
 
@@ -720,10 +727,40 @@ class CfC(nn.Module):
         return _finish_sequence(outs, h, x, self.return_sequences, self.batch_first, unbatched)
 
 
+@dataclass
+class CfCState:
+    """Recurrent cache of one :class:`CfCMixer`: the RNN hidden state (constant size)."""
+    h: torch.Tensor   # (batch, units)
+
+    def nbytes(self) -> int:
+        return self.h.numel() * self.h.element_size()
+
+
+def _check_state_obj(name: str, state, cls, shapes: dict, batch: int):
+    """A recurrent-mixer state: of type ``cls`` with tensors of the given shapes (None allowed
+    where the shape is None)."""
+    if not isinstance(state, cls):
+        raise TypeError(f"{name}: expected a {cls.__name__} (from allocate_state), got {type(state).__name__}")
+    for field, shape in shapes.items():
+        t = getattr(state, field)
+        if shape is None:
+            if t is not None:
+                raise ValueError(f"{name}.{field}: expected None for this layer, got {describe(t)}")
+            continue
+        check_tensor(f"{name}.{field}", t)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name}.{field}: expected shape {shape} (state allocated for batch {batch}?), "
+                             f"got {describe(t)}")
+
+
 @register_mixer("cfc")
 class CfCMixer(nn.Module):
     """A CfC RNN as a sequence mixer: (batch, length, dim) -> (batch, length, dim).
-    Sequential over the length (no parallel scan): for short sequences or as a baseline."""
+    Sequential over the length (no parallel scan): for short sequences or as a baseline.
+
+    Recurrent-mixer protocol (cached generation): ``allocate_state(batch)`` -> :class:`CfCState`;
+    ``forward(x, state=state)`` starts from ``state.h`` and writes the final hidden state back;
+    ``step(x_t, state)`` does one token."""
 
     def __init__(self, dim: int, units: int | None = None, mode: str = "default",
                  activation: str = "lecun_tanh", backbone_units: int | None = None,
@@ -734,8 +771,33 @@ class CfCMixer(nn.Module):
                        backbone_units=backbone_units if backbone_units is not None else dim,
                        backbone_layers=backbone_layers, backbone_dropout=backbone_dropout)
 
-    def forward(self, x, timespans=None):
-        return self.rnn(x, timespans=timespans)[0]
+    def allocate_state(self, batch: int, device=None, dtype=None) -> CfCState:
+        """Zero hidden state for ``batch`` sequences (the RNN's own initial state)."""
+        w = self.rnn.cell.ff1.weight
+        return CfCState(torch.zeros(_check_pos_int("batch", batch), self.rnn.units,
+                                    device=device or w.device, dtype=dtype or w.dtype))
+
+    def forward(self, x, timespans=None, state: CfCState | None = None):
+        """x (batch, length, dim). With ``state`` the sequence continues from ``state.h`` and the
+        state is advanced in place."""
+        if state is None:
+            return self.rnn(x, timespans=timespans)[0]
+        check_tensor("x", x)
+        if x.dim() != 3:
+            raise ValueError(f"x: expected (batch, length, {self.dim}) with a state, got {describe(x)}")
+        _check_state_obj("state", state, CfCState, {"h": (x.shape[0], self.rnn.units)}, x.shape[0])
+        y, h = self.rnn(x, hx=state.h, timespans=timespans)
+        state.h.copy_(h)
+        return y
+
+    def step(self, x: torch.Tensor, state: CfCState, timespans=None) -> torch.Tensor:
+        """One token: x (batch, dim) -> (batch, dim); advances ``state`` in place. ``timespans``:
+        the step's time gap, a number or (batch,)."""
+        check_tensor("x", x)
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x: expected (batch, {self.dim}), got {describe(x)}")
+        ts = _step_times(timespans, x.shape[0], x, "timespans")
+        return self.forward(x.unsqueeze(1), timespans=ts.unsqueeze(1), state=state)[:, 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -759,20 +821,26 @@ def _expand_bc(name, t, b, L, d, N):
     return t
 
 
-def _liquid_scan(e, f, leak, B, C, ts, a=None, D=None, z=None, initial_state=None, return_last_state=False):
-    """Unchecked core of :func:`liquid_scan`; B, C are (b, L, G, N), ts (b, L)."""
-    d, N = e.shape[2], B.shape[3]
-    lam = leak + f                                     # total conductance 1/tau + f  (b, L, d)
+def _scan_inputs(e, f, leak, B, ts, a=None):
+    """The selective-scan arguments (u, delta, A, B_in) of the liquid recurrence. Works for a
+    sequence (e, f (b, L, d), B (b, L, G, N), ts (b, L)) and for one decode step (e, f (b, d),
+    B (b, G, N), ts (b,)): the channel axis is -1 of e and -2 of B."""
+    d, N = e.shape[-1], B.shape[-1]
+    lam = leak + f                                     # total conductance 1/tau + f  (..., d)
     delta = lam * ts.unsqueeze(-1)                     # per-token step size: time gap * rate
     target = f * e / lam                               # equilibrium f*E/lambda of the frozen ODE
     if a is None:
         # one decay per channel (A = -1): the exact input factor (1 - e^-delta)/delta is per
         # token and channel, so it folds into u and B stays shared by the channels
-        u, A, B_in = target * _one_minus_exp_over(delta), -torch.ones(d, N, dtype=e.dtype, device=e.device), B
-    else:
-        # N time scales per channel: the factor depends on n, so B becomes per channel
-        Bc = B.repeat_interleave(d // B.shape[2], dim=2) if B.shape[2] != d else B
-        u, A, B_in = target, -a, Bc * a * _one_minus_exp_over(a * delta.unsqueeze(-1))
+        return target * _one_minus_exp_over(delta), delta, -torch.ones(d, N, dtype=e.dtype, device=e.device), B
+    # N time scales per channel: the factor depends on n, so B becomes per channel
+    Bc = B.repeat_interleave(d // B.shape[-2], dim=-2) if B.shape[-2] != d else B
+    return target, delta, -a, Bc * a * _one_minus_exp_over(a * delta.unsqueeze(-1))
+
+
+def _liquid_scan(e, f, leak, B, C, ts, a=None, D=None, z=None, initial_state=None, return_last_state=False):
+    """Unchecked core of :func:`liquid_scan`; B, C are (b, L, G, N), ts (b, L)."""
+    u, delta, A, B_in = _scan_inputs(e, f, leak, B, ts, a)
     y, last = selective_scan(u, delta, A, B_in, C, initial_state=initial_state, return_last_state=True)
     if D is not None:  # the skip reads the value e, not the scan input u
         y = y + D * e
@@ -844,6 +912,17 @@ def liquid_scan(e, f, leak, B, C, a=None, timespans=None, D=None, z=None, initia
     return _liquid_scan(e, f, leak, B, C, ts, a, D, z, initial_state, return_last_state)
 
 
+@dataclass
+class LiquidScanState:
+    """Recurrent cache of one :class:`LiquidScan` layer; its size does not depend on the length."""
+    conv: torch.Tensor | None   # (batch, d_inner, d_conv - 1) last conv inputs; None when d_conv=0
+    ssm: torch.Tensor           # (batch, d_inner, d_state) scan state, float32 (float64 for float64)
+
+    def nbytes(self) -> int:
+        n = self.ssm.numel() * self.ssm.element_size()
+        return n + (self.conv.numel() * self.conv.element_size() if self.conv is not None else 0)
+
+
 @register_mixer("liquid")
 class LiquidScan(nn.Module):
     """Liquid-scan mixer: (batch, length, dim) -> (batch, length, dim), parallel over the length.
@@ -859,8 +938,15 @@ class LiquidScan(nn.Module):
       as in Mamba-2), or with ``multiscale=True`` learned multipliers ``a = exp(A_log)``
       (init 1..N) giving each state its own time scale, at the cost of a per-channel B.
 
-    ``forward(x, timespans=None)``: ``timespans`` (batch, length) are the time gaps of an
-    irregularly sampled sequence (default 1 per token); a gap of 0 carries the state over.
+    ``forward(x, timespans=None, state=None)``: ``timespans`` (batch, length) are the time gaps
+    of an irregularly sampled sequence (default 1 per token); a gap of 0 carries the state over.
+
+    Recurrent-mixer protocol (cached generation): ``allocate_state(batch)`` ->
+    :class:`LiquidScanState` (conv history + scan state, zeros = the stateless forward's start);
+    ``forward(x, state=state)`` continues from it through selective_scan's ``initial_state`` and
+    writes the new state back; ``step(x_t, state)`` does one token through
+    :func:`vscan.ops.selective_state_update` (the same recurrence: A = -1 or -a, step size delta,
+    the exact input factor folded into u or B), with the D-skip on ``e`` and the gate applied after.
     """
 
     def __init__(self, dim: int, d_state: int = 16, expand: float = 1.0, d_conv: int = 4,
@@ -912,23 +998,84 @@ class LiquidScan(nn.Module):
         self.erev.fill_(1.0)
         self.D.fill_(1.0)
 
-    def forward(self, x: torch.Tensor, timespans=None) -> torch.Tensor:
-        check_tensor("x", x)
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x: expected (batch, length, {self.dim}), got {describe(x)}")
-        b, L, _ = x.shape
-        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        ts = check_timespans(timespans, b, L, cdt, x.device)
-        xs, z = self.in_proj(x).chunk(2, dim=-1)
-        if self.d_conv:
-            xs = causal_conv1d(xs, self.conv_weight, self.conv_bias, "silu")
-        else:
-            xs = F.silu(xs)
+    def _coeffs(self, xs: torch.Tensor, cdt):
+        """Conv output xs (..., d_inner) -> e, f (..., d_inner), leak, a, B, C (..., N) in cdt."""
         r, B, C = self.x_proj(xs).split([self.rate_rank, self.d_state, self.d_state], dim=-1)
         f = F.softplus(self.rate_proj(r).to(cdt))
         leak = torch.exp(self.leak_log.to(cdt))
         a = torch.exp(self.A_log.to(cdt)) if self.A_log is not None else None
         e = xs.to(cdt) * self.erev.to(cdt)
-        y = _liquid_scan(e, f, leak, B.unsqueeze(2).to(cdt), C.unsqueeze(2).to(cdt), ts, a=a,
-                         D=self.D.to(cdt), z=z)
+        return e, f, leak, a, B.to(cdt), C.to(cdt)
+
+    @staticmethod
+    def _compute_dtype(x: torch.Tensor):
+        return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+    def allocate_state(self, batch: int, device=None, dtype=None) -> LiquidScanState:
+        """Zero state for ``batch`` sequences: the conv history in ``dtype`` (default: the
+        weights'), the scan state in float32 (float64 when ``dtype`` is float64)."""
+        batch = _check_pos_int("batch", batch)
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        conv = (torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
+                if self.d_conv else None)
+        sdt = torch.float64 if dtype == torch.float64 else torch.float32
+        return LiquidScanState(conv, torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=sdt))
+
+    def _check_state(self, state, batch: int):
+        shapes = {"conv": (batch, self.d_inner, self.d_conv - 1) if self.d_conv else None,
+                  "ssm": (batch, self.d_inner, self.d_state)}
+        _check_state_obj("state", state, LiquidScanState, shapes, batch)
+
+    def forward(self, x: torch.Tensor, timespans=None, state: LiquidScanState | None = None) -> torch.Tensor:
+        """x (batch, length, dim). With ``state`` (from :meth:`allocate_state`) the sequence
+        continues from it and the state is advanced in place."""
+        check_tensor("x", x)
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x: expected (batch, length, {self.dim}), got {describe(x)}")
+        b, L, _ = x.shape
+        if state is not None:
+            self._check_state(state, b)
+        cdt = self._compute_dtype(x)
+        ts = check_timespans(timespans, b, L, cdt, x.device)
+        xs_in, z = self.in_proj(x).chunk(2, dim=-1)
+        if self.d_conv:
+            xs = causal_conv1d(xs_in, self.conv_weight, self.conv_bias, "silu",
+                               initial_state=state.conv if state is not None else None)
+        else:
+            xs = F.silu(xs_in)
+        e, f, leak, a, B, C = self._coeffs(xs, cdt)
+        y, last = _liquid_scan(e, f, leak, B.unsqueeze(2), C.unsqueeze(2), ts, a=a, D=self.D.to(cdt), z=z,
+                               initial_state=state.ssm if state is not None else None, return_last_state=True)
+        if state is not None:
+            if self.d_conv:
+                hist = torch.cat([state.conv, xs_in.transpose(1, 2).to(state.conv.dtype)], dim=2)
+                state.conv.copy_(hist[..., hist.shape[2] - (self.d_conv - 1):])
+            state.ssm.copy_(last)
+        return self.out_proj(y.to(x.dtype))
+
+    def step(self, x: torch.Tensor, state: LiquidScanState, timespans=None) -> torch.Tensor:
+        """One token: x (batch, dim) -> (batch, dim); advances ``state`` in place. ``timespans``:
+        the step's time gap, a number or (batch,) (default 1)."""
+        check_tensor("x", x)
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x: expected (batch, {self.dim}), got {describe(x)}")
+        b = x.shape[0]
+        self._check_state(state, b)
+        cdt = self._compute_dtype(x)
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        if self.d_conv:
+            xs = causal_conv1d_update(xs, state.conv, self.conv_weight, self.conv_bias, "silu")
+        else:
+            xs = F.silu(xs)
+        e, f, leak, a, B, C = self._coeffs(xs, cdt)
+        ts = _step_times(timespans, b, e, "timespans")
+        u, delta, A, B_in = _scan_inputs(e, f, leak, B.unsqueeze(1), ts, a)
+        C_in = C.unsqueeze(1)
+        if B_in.shape[1] != 1:
+            # multiscale: B is per channel (b, d, N); give C the same groups, since the Triton
+            # decode kernel indexes B and C with one group size (a shared C would be misread)
+            C_in = C_in.expand(-1, B_in.shape[1], -1)
+        y = selective_state_update(state.ssm, u, delta, A, B_in, C_in)
+        y = (y + self.D.to(cdt) * e) * F.silu(z.to(cdt))
         return self.out_proj(y.to(x.dtype))

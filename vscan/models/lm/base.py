@@ -1,39 +1,118 @@
 """What every vscan language model shares: pre-norm residual blocks, the forward pass over a
-hybrid cache, logits, and cached generation."""
+hybrid cache, logits, and cached generation.
+
+Mixer kinds an :class:`LMBlock` takes:
+
+* ``'attention'``: :class:`~vscan.layers.attention.CausalSelfAttention` (KV cache, may share KV);
+* ``'hybrid'``: :class:`~vscan.layers.hybrid_head.HybridHeadMixer` (KV cache + SSM state);
+* ``'recurrent'``: any mixer that follows the *recurrent-mixer protocol* (checked by duck
+  typing, :func:`is_recurrent_mixer`) -- MambaMixer, LiquidScan ('liquid'), CfCMixer ('cfc'):
+
+  - ``allocate_state(batch, device=None, dtype=None)`` returns a state object whose size does
+    not depend on the sequence length and which reports its size with ``nbytes()``;
+  - ``forward(x, state=state)``: x (batch, T, d_model); the sequence continues from ``state``,
+    which is advanced in place (``state=None``: a stateless pass from the zero state);
+  - ``step(x_t, state)``: one token (batch, d_model) -> (batch, d_model), advancing ``state``.
+
+  Such a mixer is causal by construction (all it knows of the past is the state), so its cached
+  steps reproduce the full forward.
+
+Anything else (e.g. the bidirectional vision mixer 'bimamba') is refused with a TypeError when
+the block is built: there is no way to cache it, and no guarantee that it is causal.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vscan.layers import registry as _mixer_registry
 from vscan.layers.attention import CausalSelfAttention
 from vscan.layers.hybrid_head import HybridHeadMixer
 from vscan.layers.mamba import MambaMixer, RMSNorm
 from vscan.layers.moe import MoE
+from vscan.layers.registry import build_mixer, list_mixers
 
 from .cache import HybridCache
 from .sampling import check_sampling_args, sample_next
+
+RECURRENT_MIXER_METHODS = ("allocate_state", "step")
+
+
+def is_recurrent_mixer(mixer) -> bool:
+    """Whether ``mixer`` (a module or a class) follows the recurrent-mixer protocol (see the
+    module docstring): it has callable ``allocate_state`` and ``step``, and is not one of the
+    KV-cached kinds (whose ``allocate_state`` takes a ``max_len``)."""
+    cls = mixer if isinstance(mixer, type) else type(mixer)
+    if issubclass(cls, (CausalSelfAttention, HybridHeadMixer)):
+        return False
+    return all(callable(getattr(cls, m, None)) for m in RECURRENT_MIXER_METHODS)
+
+
+def recurrent_mixer_names() -> list[str]:
+    """Registered mixer names that follow the recurrent-mixer protocol: the choices for the
+    ``mixer=`` field of MambaLM and Jamba (e.g. ['cfc', 'liquid', 'mamba'])."""
+    return [n for n in list_mixers() if is_recurrent_mixer(_mixer_registry._MIXERS[n])]
+
+
+def check_mixer_choice(mixer, mixer_kwargs, field: str = "mixer", kwargs_field: str = "mixer_kwargs"):
+    """Validate a ``mixer=`` / ``mixer_kwargs=`` pair; ValueError naming the field and the allowed names."""
+    allowed = recurrent_mixer_names()
+    if not isinstance(mixer, str) or mixer not in allowed:
+        if isinstance(mixer, str) and mixer in list_mixers():
+            why = ("is registered but is not a recurrent mixer (one with allocate_state(batch, device, dtype) "
+                   "and step(x, state), causal by construction): bidirectional mixers such as 'bimamba' see "
+                   "the future, and attention layers come from the model's own attention settings")
+        else:
+            why = "is not a registered mixer"
+        raise ValueError(f"{field}: {mixer!r} {why}; allowed: {allowed}")
+    if mixer_kwargs is not None and not isinstance(mixer_kwargs, dict):
+        raise ValueError(f"{kwargs_field}: expected a dict of constructor arguments or None, "
+                         f"got {type(mixer_kwargs).__name__}")
+
+
+def make_mixer(mixer: str, dim: int, mixer_kwargs: dict | None = None, stack_kwargs: dict | None = None,
+               field: str = "mixer", kwargs_field: str = "mixer_kwargs") -> nn.Module:
+    """Build the recurrent mixer ``mixer`` of width ``dim`` through the registry.
+
+    ``stack_kwargs`` are the constructor arguments the model sets itself (its Mamba fields, for
+    ``mixer='mamba'``); ``mixer_kwargs`` add to them but may not repeat them. Only ``mixer_kwargs``
+    reach the other mixers: a model's Mamba-specific fields (d_state, expand, ...) do not apply to them.
+    """
+    check_mixer_choice(mixer, mixer_kwargs, field, kwargs_field)
+    extra = dict(mixer_kwargs or {})
+    base = dict(stack_kwargs or {})
+    clash = sorted(set(base) & set(extra))
+    if clash:
+        raise ValueError(f"{kwargs_field}: {clash} are set by the model's own fields for mixer={mixer!r}; "
+                         f"use those fields instead")
+    try:
+        return build_mixer(mixer, dim, **base, **extra)
+    except TypeError as err:
+        raise TypeError(f"{kwargs_field}: building the {mixer!r} mixer with {extra} failed: {err}") from err
 
 
 class LMBlock(nn.Module):
     """``x + mixer(norm(x))`` then, when there is an FFN, ``x + ffn(ffn_norm(x))``.
 
-    The mixer is a MambaMixer, a CausalSelfAttention or a HybridHeadMixer; ``forward`` returns
-    the new hidden states and the KVView the mixer attended over (None for Mamba), so that a
-    later layer can share it.
+    The mixer is a CausalSelfAttention, a HybridHeadMixer or a recurrent mixer (MambaMixer,
+    LiquidScan, CfCMixer, ...: see the module docstring); ``forward`` returns the new hidden
+    states and the KVView the mixer attended over (None for a recurrent mixer), so that a later
+    layer can share it. ``kind`` is 'attention', 'hybrid' or 'recurrent'.
     """
 
     def __init__(self, mixer: nn.Module, d_model: int, ffn: nn.Module | None = None, norm_eps: float = 1e-6):
         super().__init__()
-        if isinstance(mixer, MambaMixer):
-            self.kind = "mamba"
-        elif isinstance(mixer, CausalSelfAttention):
+        if isinstance(mixer, CausalSelfAttention):
             self.kind = "attention"
         elif isinstance(mixer, HybridHeadMixer):
             self.kind = "hybrid"
+        elif is_recurrent_mixer(mixer):
+            self.kind = "recurrent"
         else:
-            raise TypeError(f"mixer: expected MambaMixer, CausalSelfAttention or HybridHeadMixer, "
-                            f"got {type(mixer).__name__}")
+            raise TypeError(f"mixer: expected a CausalSelfAttention, a HybridHeadMixer or a recurrent mixer "
+                            f"(methods {RECURRENT_MIXER_METHODS}, e.g. MambaMixer, LiquidScan, CfCMixer), "
+                            f"got {type(mixer).__name__}, which cannot be cached for generation")
         self.norm = RMSNorm(d_model, eps=norm_eps)
         self.mixer = mixer
         self.ffn_norm = RMSNorm(d_model, eps=norm_eps) if ffn is not None else None
@@ -41,11 +120,11 @@ class LMBlock(nn.Module):
 
     @property
     def shares_kv(self) -> bool:
-        return self.kind != "mamba" and self.mixer.share_kv
+        return self.kind != "recurrent" and self.mixer.share_kv
 
     def allocate_state(self, batch: int, max_len: int, device=None, dtype=None):
-        if self.kind == "mamba":
-            return self.mixer.allocate_state(batch, device, dtype)
+        if self.kind == "recurrent":
+            return self.mixer.allocate_state(batch, device=device, dtype=dtype)
         if self.kind == "attention":
             return None if self.mixer.share_kv else self.mixer.allocate_cache(batch, max_len, device, dtype)
         return self.mixer.allocate_state(batch, max_len, device, dtype)
@@ -53,8 +132,11 @@ class LMBlock(nn.Module):
     def forward(self, x, state=None, shared_kv=None):
         h = self.norm(x)
         view = None
-        if self.kind == "mamba":
-            y = self.mixer(h, state)
+        if self.kind == "recurrent":
+            if state is not None and h.shape[1] == 1:
+                y = self.mixer.step(h[:, 0], state).unsqueeze(1)
+            else:
+                y = self.mixer(h, state=state)
         elif self.kind == "attention":
             y, view = self.mixer(h, cache=state, shared_kv=shared_kv, return_kv=True)
         else:
@@ -174,8 +256,9 @@ class CausalLM(nn.Module):
 
     def cache_nbytes(self, seq_len: int, batch: int = 1, dtype=None) -> int:
         """Bytes of the generation cache for ``batch`` sequences of ``seq_len`` tokens (meta tokens
-        added), measured on the meta device so nothing is allocated. Mamba states are constant,
-        sliding-window KV caches are capped at their window, full KV caches grow with seq_len."""
+        added), measured on the meta device so nothing is allocated. Recurrent states (Mamba,
+        liquid, CfC: each state's ``nbytes()``) are constant, sliding-window KV caches are capped
+        at their window, full KV caches grow with seq_len. Divide by ``batch`` for bytes per sequence."""
         cache = self.allocate_cache(batch, seq_len + self.num_meta_tokens, device="meta", dtype=dtype)
         return cache.nbytes()
 
@@ -185,8 +268,8 @@ class CausalLM(nn.Module):
                  top_p: float | None = None, eos_token_id: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample continuations of ``prompt_ids`` ((batch, L) or (L,) ids) with the hybrid cache:
-        one prefill pass, then one cached step per new token (Mamba layers decode through the
-        operator's state update). Returns prompt + new tokens in the prompt's rank. After
+        one prefill pass, then one cached step per new token (recurrent layers decode through
+        their ``step``: Mamba and liquid layers through the operator's state update). Returns prompt + new tokens in the prompt's rank. After
         ``eos_token_id`` a sequence keeps emitting it; generation stops when all have."""
         check_sampling_args(max_new_tokens, temperature, top_k, top_p)
         ids = torch.as_tensor(prompt_ids, device=self.embed.weight.device)

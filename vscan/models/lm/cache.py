@@ -1,6 +1,8 @@
 """The hybrid generation cache: one state object per layer.
 
-* Mamba layer: :class:`~vscan.layers.mamba.MambaState` (conv + SSM state; constant size).
+* recurrent layer: the mixer's own constant-size state -- :class:`~vscan.layers.mamba.MambaState`
+  (conv + SSM state), :class:`~vscan.layers.liquid.LiquidScanState` (conv + scan state),
+  :class:`~vscan.layers.liquid.CfCState` (RNN hidden state); each reports ``nbytes()``.
 * attention layer: :class:`~vscan.layers.attention.KVCache` (full, or a ring for sliding-window
   layers), or ``None`` for a layer that reads the KV of an earlier layer.
 * hybrid-head layer: :class:`~vscan.layers.hybrid_head.HybridHeadState` (both).
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from vscan.layers.attention import KVCache
 from vscan.layers.hybrid_head import HybridHeadState
+from vscan.layers.liquid import CfCState, LiquidScanState
 from vscan.layers.mamba import MambaState
 
 
@@ -41,7 +44,8 @@ class HybridCache:
         return sum(self.layer_nbytes())
 
     def breakdown(self) -> dict:
-        """Bytes by kind: {'kv': ..., 'ssm': ...}."""
+        """Bytes by kind: {'kv': KV caches, 'ssm': every other state (Mamba / liquid / CfC
+        recurrent states and the SSM half of hybrid-head layers)}."""
         kv = sum(c.nbytes() for c in self.kv_caches())
         return {"kv": kv, "ssm": self.nbytes() - kv}
 
@@ -59,4 +63,4 @@ class HybridCache:
         return f"HybridCache(batch={self.batch}, seqlen={self.seqlen}, layers={kinds}, nbytes={self.nbytes()})"
 
 
-__all__ = ["HybridCache", "KVCache", "MambaState", "HybridHeadState"]
+__all__ = ["HybridCache", "KVCache", "MambaState", "HybridHeadState", "LiquidScanState", "CfCState"]

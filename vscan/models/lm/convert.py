@@ -85,7 +85,8 @@ def from_transformers_mamba(hf_model) -> MambaLM:
     return _load(model, out, "from_transformers_mamba").to(next(hf_model.parameters()).dtype)
 
 
-JAMBA_FIELDS = [f for f in JambaConfig.__dataclass_fields__ if f != "expert_parallel_size"]
+JAMBA_FIELDS = [f for f in JambaConfig.__dataclass_fields__
+                if f not in ("expert_parallel_size", "mixer", "mixer_kwargs")]   # vscan-only fields
 
 
 def jamba_config_from_transformers(cfg) -> JambaConfig:

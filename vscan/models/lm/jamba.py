@@ -1,5 +1,7 @@
 """Jamba (AI21, arXiv 2403.19887): Mamba layers with one attention layer per block of
 ``attn_layer_period`` layers, and an MoE MLP every ``expert_layer_period`` layers.
+``mixer='liquid'`` (or any recurrent mixer of the registry) replaces Mamba in the
+non-attention layers.
 
 :class:`JambaConfig` mirrors the field names and defaults of transformers' ``JambaConfig``
 (so a config dict moves between the two); the Mamba mixers carry RMSNorms on dt, B and C,
@@ -16,15 +18,18 @@ from vscan.layers.attention import CausalSelfAttention
 from vscan.layers.mamba import MambaMixer
 from vscan.layers.moe import ACTIVATIONS, MoE, SwiGLU
 
-from .base import CausalLM, LMBlock, init_normal_
+from .base import CausalLM, LMBlock, check_mixer_choice, init_normal_, make_mixer
 
 
 @dataclass
 class JambaConfig:
     """Field names and defaults as transformers' JambaConfig (Jamba-v0.1 sizes).
 
-    vscan additions: ``expert_parallel_size`` (validated: must divide num_experts) and
-    ``intermediate_size=0`` meaning "no MLP" (for the 2-layer recall experiments).
+    vscan additions: ``expert_parallel_size`` (validated: must divide num_experts),
+    ``intermediate_size=0`` meaning "no MLP" (for the 2-layer recall experiments), and
+    ``mixer`` / ``mixer_kwargs``: the recurrent mixer of the non-attention layers ('mamba', the
+    default, built from the ``mamba_*`` fields; or e.g. 'liquid' / 'cfc', built as
+    ``mixer(hidden_size, **mixer_kwargs)`` with the ``mamba_*`` fields unused).
     Fields without effect here (use_cache, num_logits_to_keep, output_router_logits,
     use_mamba_kernels) are kept so configs round-trip.
     """
@@ -62,11 +67,14 @@ class JambaConfig:
     mamba_conv_bias: bool = True
     mamba_proj_bias: bool = False
     expert_parallel_size: int = 1
+    mixer: str = "mamba"
+    mixer_kwargs: dict | None = None
 
     def __post_init__(self):
         def need(cond, field, msg):
             if not cond:
                 raise ValueError(f"{field}: {msg}")
+        check_mixer_choice(self.mixer, self.mixer_kwargs)
         for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "attn_layer_period", "expert_layer_period", "num_experts", "mamba_d_state", "mamba_d_conv",
                   "max_position_embeddings", "expert_parallel_size"):
@@ -145,12 +153,15 @@ class JambaLM(CausalLM):
             if kind == "attention":
                 mixer = CausalSelfAttention(d, cfg.num_attention_heads, cfg.num_key_value_heads,
                                             window=cfg.sliding_window, rope=False, dropout=cfg.attention_dropout)
-            else:
-                mixer = MambaMixer(d, d_state=cfg.mamba_d_state, d_conv=cfg.mamba_d_conv, expand=cfg.mamba_expand,
-                                   dt_rank=cfg.mamba_dt_rank, conv_bias=cfg.mamba_conv_bias,
-                                   bias=cfg.mamba_proj_bias, bcdt_norm=True)
+            elif cfg.mixer == "mamba":
+                mixer = make_mixer("mamba", d, cfg.mixer_kwargs, dict(
+                    d_state=cfg.mamba_d_state, d_conv=cfg.mamba_d_conv, expand=cfg.mamba_expand,
+                    dt_rank=cfg.mamba_dt_rank, conv_bias=cfg.mamba_conv_bias, bias=cfg.mamba_proj_bias,
+                    bcdt_norm=True))
                 for norm in (mixer.dt_norm, mixer.B_norm, mixer.C_norm):
                     norm.eps = cfg.rms_norm_eps
+            else:
+                mixer = make_mixer(cfg.mixer, d, cfg.mixer_kwargs)
             if n_exp > 1:
                 ffn = MoE(d, cfg.intermediate_size, n_exp, cfg.num_experts_per_tok, cfg.hidden_act,
                           aux_loss_coef=cfg.router_aux_loss_coef, expert_parallel_size=cfg.expert_parallel_size,
@@ -162,6 +173,8 @@ class JambaLM(CausalLM):
             layers.append(LMBlock(mixer, d, ffn, cfg.rms_norm_eps))
         self.layers = nn.ModuleList(layers)
         self._finish_init(d, cfg.rms_norm_eps, cfg.tie_word_embeddings)
-        init_normal_(self, cfg.initializer_range)
+        # the recurrent mixers keep their own initialisation (dt / rate biases, A, D, ...)
+        recurrent = tuple({type(blk.mixer) for blk in self.layers if blk.kind == "recurrent"})
+        init_normal_(self, cfg.initializer_range, skip=(MambaMixer,) + recurrent)
         if cfg.pad_token_id is not None:
             self.embed.weight.data[cfg.pad_token_id].zero_()
