@@ -11,7 +11,7 @@ from .scan_fwd import LOG2E, _softplus
 
 @triton.jit
 def state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
-                        DIM, NSTATE, ch_per_group, s_sb, s_xb, s_dtb, s_zb, s_Bb, s_Bg, s_Cb, s_Cg, s_ob,
+                        DIM, NSTATE, ch_per_group_B, ch_per_group_C, s_sb, s_xb, s_dtb, s_zb, s_Bb, s_Bg, s_Cb, s_Cg, s_ob,
                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_D: tl.constexpr,
                         HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     pid_d = tl.program_id(0)
@@ -21,7 +21,6 @@ def state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_
     dmask = offs_d < DIM
     nmask = offs_n < NSTATE
     m2 = dmask[:, None] & nmask[None, :]
-    g = offs_d // ch_per_group
     x = tl.load(x_ptr + b * s_xb + offs_d, mask=dmask, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + b * s_dtb + offs_d, mask=dmask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -29,8 +28,8 @@ def state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_
     if SOFTPLUS:
         dt = _softplus(dt)
     A = tl.load(A_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
-    Bv = tl.load(B_ptr + b * s_Bb + g[:, None] * s_Bg + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + b * s_Cb + g[:, None] * s_Cg + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + b * s_Bb + (offs_d // ch_per_group_B)[:, None] * s_Bg + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + b * s_Cb + (offs_d // ch_per_group_C)[:, None] * s_Cg + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
     sp = state_ptr + b * s_sb + offs_d[:, None] * NSTATE + offs_n[None, :]
     h = tl.load(sp, mask=m2, other=0.0)
     h = h * tl.exp2(dt[:, None] * A * LOG2E) + (dt * x)[:, None] * Bv
@@ -45,7 +44,8 @@ def state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
-    """state (b, d, N) float32 contiguous, updated in place; B, C (b, G, N). Returns y (b, d)."""
+    """state (b, d, N) float32 contiguous, updated in place; B (b, G_B, N), C (b, G_C, N), each group
+    count dividing d. Returns y (b, d)."""
     b, dim, N = state.shape
     if not state.is_contiguous():
         raise ValueError("state: the triton decode step updates the state in place and needs it contiguous")
@@ -59,7 +59,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softp
     state_update_kernel[(triton.cdiv(dim, bd), b)](
         state, x, dt, A32, B, C, D.float() if D is not None else A32, zz,
         dt_bias.float() if dt_bias is not None else A32, out,
-        dim, N, dim // B.shape[1], state.stride(0), x.stride(0), dt.stride(0), zz.stride(0),
+        dim, N, dim // B.shape[1], dim // C.shape[1], state.stride(0), x.stride(0), dt.stride(0), zz.stride(0),
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), out.stride(0),
         BLOCK_D=bd, BLOCK_N=bn, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), num_warps=4)

@@ -43,18 +43,24 @@ def rel(a, b):
 CASES = [  # (b, L, d, N, G, vary, opts, segments)
     (2, 37, 8, 4, 2, True, ("D", "z", "bias", "init"), False),
     (2, 70, 8, 4, 1, True, ("D", "z", "bias", "init"), True),     # segment-parallel path
-    (1, 20, 6, 3, 3, True, ("z",), False),                         # block straddles groups: atomics
+    (1, 20, 6, 3, 3, True, ("z",), False),                         # block straddles groups: atomics; N not 2^k
     (2, 25, 8, 4, 1, False, ("D", "bias"), True),                 # constant B/C
 ]
+# Both kernel families on tiles small enough for several chunks and channel blocks:
+# chunked (T, D, warps) and sequential (T, warps, SUB, programs/SM, BLOCK_D).
+KERNELS = {"sequential": ("VSCAN_SCAN_SEQ", "16,1,4,1,4"), "chunked": ("VSCAN_SCAN_TILES", "16,4,1;16,4,1")}
+MATRIX = [(k, dt) for k in KERNELS for dt in ("fp32", "bf16") if (k, dt) != ("chunked", "bf16")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}L{c[1]}d{c[2]}N{c[3]}G{c[4]}{'var' if c[5] else 'const'}{'-seg' if c[7] else ''}")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_triton_matches_reference(case, dtype, monkeypatch):
+@pytest.mark.parametrize("kernel,dtype_name", MATRIX, ids=[f"{k}-{d}" for k, d in MATRIX])
+def test_triton_matches_reference(case, kernel, dtype_name, monkeypatch):
     b, L, d, N, G, vary, opts, seg = case
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     if seg:
         monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64")
-    monkeypatch.setenv("VSCAN_SCAN_TILES", "16,4,1;16,4,1")  # several chunks and channel blocks
+    monkeypatch.setenv("VSCAN_SCAN_KERNEL", kernel)
+    monkeypatch.setenv(*KERNELS[kernel])
     x = make(b, L, d, N, G, vary, opts, dtype, seed=L + d)
     g = torch.Generator().manual_seed(1)
     gy, gl = torch.randn(b, L, d, generator=g), torch.randn(b, d, N, generator=g)
@@ -70,6 +76,21 @@ def test_triton_matches_reference(case, dtype, monkeypatch):
         assert rel(hk, h64) <= 2 * rel(hr, h64) + 2e-3
         for k in g64:
             assert rel(gk[k], g64[k]) <= 2 * rel(gr[k], g64[k]) + 2e-3, k
+
+
+def test_kernel_choice():
+    from vscan.kernels.selective_scan import SEQ_MAX_N, _kernel_kind
+    assert _kernel_kind(16) == "sequential" and _kernel_kind(SEQ_MAX_N + 1) == "chunked"
+
+
+def test_kernel_choice_rejects_bad_requests(monkeypatch):
+    from vscan.kernels.selective_scan import _kernel_kind
+    monkeypatch.setenv("VSCAN_SCAN_KERNEL", "sequential")
+    with pytest.raises(ValueError, match="N <= 32"):
+        _kernel_kind(64)
+    monkeypatch.setenv("VSCAN_SCAN_KERNEL", "fastest")
+    with pytest.raises(ValueError, match="VSCAN_SCAN_KERNEL"):
+        _kernel_kind(16)
 
 
 def test_triton_output_dtype_and_layout():
@@ -93,3 +114,17 @@ def test_state_update_steps_equal_full_scan(backend):
                                  x["D"], x["z"][:, t], x["delta_bias"], True, backend=backend) for t in range(L)]
     torch.testing.assert_close(torch.stack(ys, 1), y_full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state, h_full, rtol=1e-5, atol=1e-5)
+
+
+def test_state_update_b_and_c_with_different_group_counts():
+    """B per channel (groups = d) and C shared (1 group): each is read with its own group size."""
+    g = torch.Generator().manual_seed(5)
+    b, d, N = 2, 6, 4
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    state0 = r(b, d, N)
+    args = (r(b, d), r(b, d) * 0.5, -torch.exp(r(d, N) * 0.5), r(b, d, N), r(b, 1, N))
+    s_ref, s_tri = state0.clone(), state0.clone()
+    y_ref = selective_state_update(s_ref, *args, dt_softplus=True, backend="reference")
+    y_tri = selective_state_update(s_tri, *args, dt_softplus=True, backend="triton")
+    torch.testing.assert_close(y_tri, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s_tri, s_ref, rtol=1e-5, atol=1e-5)

@@ -130,7 +130,7 @@ def time_shape(name, shape, with_ref=True):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/bench_scan.json")
-    ap.add_argument("--sweep", action="store_true", help="also time a few tile configurations")
+    ap.add_argument("--sweep", action="store_true", help="also time a few other sequential-kernel tiles")
     ap.add_argument("--no-ref", action="store_true", help="skip timing the PyTorch reference")
     ap.add_argument("--shapes", default=",".join(SHAPES))
     args = ap.parse_args(argv)
@@ -142,27 +142,35 @@ def main(argv=None):
     exprate = exp2_rate_per_s()
     report["ceilings"] = dict(copy_TBps=bw / 1e12, exp2_Tps=exprate / 1e12)
     print("ceilings", report["ceilings"], flush=True)
-    ok = check_correctness(report)
+    ok = True
+    for kind in ("sequential", "chunked"):
+        os.environ["VSCAN_SCAN_KERNEL"] = kind
+        sub = {}
+        ok &= check_correctness(sub)
+        report.setdefault("correctness", {})[kind] = sub["correctness"]
     if not ok:
         print("CORRECTNESS FAILED: not timing")
         write_json(args.out, report)
         return 1
     names = [n for n in args.shapes.split(",") if n]
-    tiles = [None]
+    # (kernel family, VSCAN_SCAN_SEQ tile): the default sequential kernels, the chunked ones for
+    # comparison in the same run, and with --sweep other sequential tiles (T, warps, SUB, programs/SM)
+    configs = [("sequential", None), ("chunked", None)]
     if args.sweep:
-        tiles += ["32,32,4;32,32,4", "64,32,4;32,32,4", "32,64,4;32,32,8", "64,16,2;32,16,2", "16,64,4;16,32,4",
-                  "64,64,8;32,64,8"]
+        configs += [("sequential", t) for t in ("64,2,8,8", "64,1,16,16", "64,1,8,32", "64,4,8,4", "32,1,8,16")]
     rows = []
-    for tile in tiles:
+    for kind, tile in configs:
+        os.environ["VSCAN_SCAN_KERNEL"] = kind
         if tile:
-            os.environ["VSCAN_SCAN_TILES"] = tile
+            os.environ["VSCAN_SCAN_SEQ"] = tile
         else:
-            os.environ.pop("VSCAN_SCAN_TILES", None)
+            os.environ.pop("VSCAN_SCAN_SEQ", None)
         for name in names:
             shape, cuda_fwd, cuda_all = SHAPES[name]
-            r = time_shape(name, shape, with_ref=(tile is None and not args.no_ref))
+            r = time_shape(name, shape, with_ref=(kind == "sequential" and tile is None and not args.no_ref))
             f_fwd, f_all = floors(*shape, bw, exprate)
-            r.update(name=name, shape=shape, tile=tile or "default", floor_fwd_ms=f_fwd, floor_fwdbwd_ms=f_all,
+            r.update(name=name, shape=shape, kernel=kind, tile=tile or "default",
+                     floor_fwd_ms=f_fwd, floor_fwdbwd_ms=f_all,
                      frac_floor_fwd=f_fwd / r["fwd_ms"], frac_floor_fwdbwd=f_all / r["fwdbwd_ms"],
                      mamba_cuda_fwd_ms=cuda_fwd, mamba_cuda_fwdbwd_ms=cuda_all,
                      vs_cuda_fwd=cuda_fwd / r["fwd_ms"], vs_cuda_fwdbwd=cuda_all / r["fwdbwd_ms"])
@@ -174,10 +182,10 @@ def main(argv=None):
             write_json(args.out, dict(report, rows=rows))
     report["rows"] = rows
     write_json(args.out, report)
-    print("\n| shape | tile | fwd ms | fwd+bwd ms | floor frac fwd | floor frac f+b | x mamba CUDA fwd | x mamba CUDA f+b | x ref f+b |")
+    print("\n| shape | kernel, tile | fwd ms | fwd+bwd ms | floor frac fwd | floor frac f+b | x mamba CUDA fwd | x mamba CUDA f+b | x ref f+b |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} {tuple(r['shape'])} | {r['tile']} | {r['fwd_ms']:.3f} | {r['fwdbwd_ms']:.3f} | "
+        print(f"| {r['name']} {tuple(r['shape'])} | {r['kernel']}, {r['tile']} | {r['fwd_ms']:.3f} | {r['fwdbwd_ms']:.3f} | "
               f"{r['frac_floor_fwd']:.2f} | {r['frac_floor_fwdbwd']:.2f} | {r['vs_cuda_fwd']:.2f} | "
               f"{r['vs_cuda_fwdbwd']:.2f} | {r.get('speedup_vs_ref_fwdbwd', float('nan')):.0f} |")
     return 0

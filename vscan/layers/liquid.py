@@ -1071,11 +1071,6 @@ class LiquidScan(nn.Module):
         e, f, leak, a, B, C = self._coeffs(xs, cdt)
         ts = _step_times(timespans, b, e, "timespans")
         u, delta, A, B_in = _scan_inputs(e, f, leak, B.unsqueeze(1), ts, a)
-        C_in = C.unsqueeze(1)
-        if B_in.shape[1] != 1:
-            # multiscale: B is per channel (b, d, N); give C the same groups, since the Triton
-            # decode kernel indexes B and C with one group size (a shared C would be misread)
-            C_in = C_in.expand(-1, B_in.shape[1], -1)
-        y = selective_state_update(state.ssm, u, delta, A, B_in, C_in)
+        y = selective_state_update(state.ssm, u, delta, A, B_in, C.unsqueeze(1))
         y = (y + self.D.to(cdt) * e) * F.silu(z.to(cdt))
         return self.out_proj(y.to(x.dtype))

@@ -1,0 +1,405 @@
+"""Sequential selective-scan kernels: each thread owns whole channels and walks time step by step.
+
+Why: the chunked kernels (scan_fwd.py / scan_bwd.py) run ``tl.associative_scan`` over a
+[time, channel] tile per state, and Triton spreads the time axis over lanes and warps, so
+every element pays shuffle and shared-memory rounds. Here the register tile is
+[BLOCK_N, BLOCK_D] (states x channels); with BLOCK_D = 32 * num_warps the lanes and warps
+fall on the channel axis and each thread keeps all N states of its channel(s), so one step
+costs about one exp2 and three FMAs per (channel, state) and the sum over states for y is
+register-local. Every loop issues the loads of step t+1 (t-1 going backwards) before the
+arithmetic of step t: they do not depend on the state, and the loop is latency-bound without.
+
+Parallelism over the sequence comes from segments exactly as in the chunked kernels (and with
+the same state slots, so `segment_combine_kernel` chains both): MODE 1 computes a segment's
+end state (forward) or carry (backward) from a zero start.
+
+Backward, per chunk of BLOCK_T steps (reversed): recompute the states forward from the saved
+chunk-start state, keeping one state per SUB steps in a small per-program scratch buffer; then
+per sub-chunk (reversed) recompute its SUB states into the scratch and walk it backwards. The
+scratch is (SUB + BLOCK_T / SUB) state tiles per program, written and re-read by the same
+thread within a few steps (it stays in L1/L2); nothing of size batch*length*channels*N exists.
+dB and dC, when time-varying, are summed over the channel block at every step (cross-lane
+reductions); batching that per sub-chunk through the scratch was measured slower on an H100.
+"""
+import triton
+import triton.language as tl
+
+from .scan_fwd import LOG2E, _channel_vector, _softplus
+
+
+@triton.jit
+def _state_index(BLOCK_N: tl.constexpr):
+    """State indices N-1 .. 0. Counting down hides the contiguity of the N axis from Triton's
+    coalescing pass, which then keeps the register layout in which each thread holds all N
+    states of its channel (lanes and warps on channels; no shuffles for sums over N), and the
+    per-state addresses stay compile-time offsets. The order of the states is immaterial."""
+    return BLOCK_N - 1 - tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _exp2(x, FAST: tl.constexpr):
+    """2**x; on a GPU one ex2.approx.ftz (flushing results below 2**-126, the state's decay, to 0)
+    instead of ex2 plus its denormal-range fix-up. The interpreter has no inline assembly."""
+    if FAST:
+        y = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = tl.exp2(x)
+    return y
+
+
+@triton.jit
+def _state_ptrs(ptr, offs_n, offs_d, NSTATE):
+    """[BLOCK_N, BLOCK_D] pointers into a (channels, N) row-major state / parameter block."""
+    return ptr + offs_d[None, :] * NSTATE + offs_n[:, None]
+
+
+@triton.jit
+def _step_bc(ptr, t, const, offs_n, nmask, offs_d, dmask, g0, g_d, s_l, s_g,
+             VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+    """B or C at step t, broadcastable to [BLOCK_N, BLOCK_D]; the constant tile when not VARY."""
+    # one return: compiled Triton (unlike the interpreter) rejects returns of different shapes
+    if VARY:
+        if SINGLE_GROUP:
+            v = tl.load(ptr + t * s_l + g0 * s_g + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        else:
+            v = tl.load(ptr + t * s_l + g_d[None, :] * s_g + offs_n[:, None],
+                        mask=nmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    else:
+        v = const
+    return v
+
+
+@triton.jit
+def _row(ptr, t, s_l, offs_d, dmask, PRESENT: tl.constexpr):
+    """Row t of a (length, channels) input as float32 [BLOCK_D]; zeros when absent."""
+    if PRESENT:
+        v = tl.load(ptr + t * s_l + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros_like(offs_d).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _dt(dt_raw, dmask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(dt before the softplus, dt) from the loaded row; masked channels get dt = 0."""
+    dt_pre = dt_raw
+    if HAS_BIAS:
+        dt_pre += bias
+    dt = dt_pre
+    if SOFTPLUS:
+        dt = _softplus(dt_pre)
+    return dt_pre, tl.where(dmask, dt, 0.0)
+
+
+@triton.jit
+def _const_tile(ptr, offs_n, nmask, offs_d, dmask, NSTATE, VARY: tl.constexpr):
+    if VARY:
+        v = tl.zeros([1, 1], dtype=tl.float32)
+    else:
+        v = tl.load(_state_ptrs(ptr, offs_n, offs_d, NSTATE), mask=nmask[:, None] & dmask[None, :],
+                    other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def scan_fwd_seq_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+    st_ptr, dtsum_ptr,
+    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group,
+    s_ub, s_ul, s_dtb, s_dtl, s_zb, s_zl, s_ob, s_ol,
+    s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+    s_stb, s_stc,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
+    EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr, SAVE_ALL: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = _state_index(BLOCK_N)
+    dmask = offs_d < DIM
+    if EVEN_N:  # a mask of compile-time trues, folded away: no per-state mask arithmetic per step
+        nmask = offs_n < BLOCK_N
+    else:
+        nmask = offs_n < NSTATE
+    m_nd = nmask[:, None] & dmask[None, :]
+    g_d = offs_d // ch_per_group
+    g0 = (pid_d * BLOCK_D) // ch_per_group
+    u_ptr += pid_b * s_ub
+    dt_ptr += pid_b * s_dtb
+    out_ptr += pid_b * s_ob
+    if HAS_Z:
+        z_ptr += pid_b * s_zb
+    if B_VARY:
+        B_ptr += pid_b * s_Bb
+    if C_VARY:
+        C_ptr += pid_b * s_Cb
+    st_ptr += pid_b * s_stb
+    A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
+    bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
+    Dv = _channel_vector(D_ptr, offs_d, dmask, HAS_D)
+    Bc = _const_tile(B_ptr, offs_n, nmask, offs_d, dmask, NSTATE, B_VARY)
+    Cc = _const_tile(C_ptr, offs_n, nmask, offs_d, dmask, NSTATE, C_VARY)
+    c_begin = pid_s * chunks_per_seg
+    c_end = tl.minimum(c_begin + chunks_per_seg, n_chunks)
+    t_begin = c_begin * BLOCK_T
+    t_end = tl.minimum(c_end * BLOCK_T, L)
+    if SAVE_ALL:
+        slot0 = c_begin
+    else:
+        slot0 = pid_s * 2 + c_begin % 2
+    h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
+    dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # software prefetch: the loads of step t+1 are issued before step t's arithmetic, so their
+    # latency hides behind it (nothing they read depends on the state)
+    LOAD_C: tl.constexpr = C_VARY and MODE == 0
+    LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
+    u_n = _row(u_ptr, t_begin, s_ul, offs_d, dmask, True)
+    dt_n = _row(dt_ptr, t_begin, s_dtl, offs_d, dmask, True)
+    B_n = _step_bc(B_ptr, t_begin, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
+    C_n = _step_bc(C_ptr, t_begin, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
+    z_n = _row(z_ptr, t_begin, s_zl, offs_d, dmask, LOAD_Z)
+    for t in range(t_begin, t_end):
+        u = u_n
+        _dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
+        Bt = B_n
+        Ct = C_n
+        zz = z_n
+        tn = tl.minimum(t + 1, t_end - 1)
+        u_n = _row(u_ptr, tn, s_ul, offs_d, dmask, True)
+        dt_n = _row(dt_ptr, tn, s_dtl, offs_d, dmask, True)
+        B_n = _step_bc(B_ptr, tn, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
+        C_n = _step_bc(C_ptr, tn, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
+        z_n = _row(z_ptr, tn, s_zl, offs_d, dmask, LOAD_Z)
+        h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
+        if MODE == 1:
+            dtsum += dt
+        else:
+            y = tl.sum(h * Ct, axis=0)
+            if HAS_D:
+                y += u * Dv
+            if HAS_Z:
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(out_ptr + t * s_ol + offs_d, y.to(out_ptr.dtype.element_ty), mask=dmask)
+            if SAVE_ALL:
+                # chunk-start states for backward; a segment's end slot belongs to the combine kernel
+                if ((t + 1) % BLOCK_T == 0) & (t + 1 < t_end):
+                    tl.store(_state_ptrs(st_ptr + ((t + 1) // BLOCK_T) * s_stc, offs_n, offs_d, NSTATE), h,
+                             mask=m_nd)
+    if MODE == 1:
+        tl.store(_state_ptrs(st_ptr + (pid_s * 2 + c_end % 2) * s_stc, offs_n, offs_d, NSTATE), h, mask=m_nd)
+        tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dtsum, mask=dmask)
+    else:
+        if t_end == L:  # only the last segment: the final state
+            if SAVE_ALL:
+                last_slot = n_chunks
+            else:
+                last_slot = (n_seg - 1) * 2 + n_chunks % 2
+            tl.store(_state_ptrs(st_ptr + last_slot * s_stc, offs_n, offs_d, NSTATE), h, mask=m_nd)
+
+
+@triton.jit
+def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, Bc, A2, bias,
+               offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
+               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
+               FAST_EXP: tl.constexpr):
+    """Walk the state forward over steps [ta, tb) from h (loads one step ahead); before every
+    ``every``-th step store it to dst + k * tile. Returns the state after step tb - 1."""
+    u_n = _row(u_ptr, ta, s_ul, offs_d, dmask, True)
+    dt_n = _row(dt_ptr, ta, s_dtl, offs_d, dmask, True)
+    B_n = _step_bc(B_ptr, ta, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
+    for t in range(ta, tb):
+        u = u_n
+        _dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
+        Bt = B_n
+        tn = tl.minimum(t + 1, tb - 1)
+        u_n = _row(u_ptr, tn, s_ul, offs_d, dmask, True)
+        dt_n = _row(dt_ptr, tn, s_dtl, offs_d, dmask, True)
+        B_n = _step_bc(B_ptr, tn, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
+        if (t - ta) % every == 0:
+            tl.store(dst + ((t - ta) // every) * tile, h)
+        h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
+    return h
+
+
+@triton.jit
+def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg,
+                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+    """dB or dC at one step from the [BLOCK_N, BLOCK_D] tile g: summed over this channel block and
+    written once per (block, t); added atomically when the block straddles groups; for constant
+    B/C summed over time into the register accumulator, which is returned."""
+    if VARY:
+        if SINGLE_GROUP:
+            tl.store(ptr + blk_in_group * s_pk + t * s_pl + g0 * s_pg + offs_n, tl.sum(g, axis=1), mask=nmask)
+        else:
+            tl.atomic_add(ptr + t * s_pl + g_d[None, :] * s_pg + offs_n[:, None], g,
+                          mask=nmask[:, None] & dmask[None, :])
+        out = acc
+    else:
+        out = acc + g
+    return out
+
+
+@triton.jit
+def scan_bwd_seq_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
+    st_ptr, carry_ptr, scratch_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
+    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, blocks_per_group,
+    s_ub, s_ul, s_dtb, s_dtl, s_zb, s_zl, s_gb, s_gl,
+    s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+    s_stb, s_stc, s_cb, s_cc,
+    s_pk, s_pb, s_pl, s_pg,
+    BLOCK_T: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
+    EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = _state_index(BLOCK_N)
+    dmask = offs_d < DIM
+    if EVEN_N:  # a mask of compile-time trues, folded away: no per-state mask arithmetic per step
+        nmask = offs_n < BLOCK_N
+    else:
+        nmask = offs_n < NSTATE
+    m_nd = nmask[:, None] & dmask[None, :]
+    g_d = offs_d // ch_per_group
+    g0 = (pid_d * BLOCK_D) // ch_per_group
+    blk_in_group = pid_d % blocks_per_group
+    u_ptr += pid_b * s_ub
+    dt_ptr += pid_b * s_dtb
+    dout_ptr += pid_b * s_gb
+    du_ptr += pid_b * s_ub
+    ddt_ptr += pid_b * s_ub
+    if HAS_Z:
+        z_ptr += pid_b * s_zb
+        dz_ptr += pid_b * s_ub
+    if B_VARY:
+        B_ptr += pid_b * s_Bb
+        dB_ptr += pid_b * s_pb
+    if C_VARY:
+        C_ptr += pid_b * s_Cb
+        dC_ptr += pid_b * s_pb
+    st_ptr += pid_b * s_stb
+    carry_ptr += pid_b * s_cb
+    # this program's scratch: SUB per-step state tiles, then BLOCK_T // SUB sub-chunk start tiles
+    tile = BLOCK_N * BLOCK_D
+    scratch_ptr += ((pid_b * tl.num_programs(0) + pid_d) * n_seg + pid_s) * ((SUB + BLOCK_T // SUB) * tile)
+    s_tile = scratch_ptr + offs_n[:, None] * BLOCK_D + (BLOCK_D - 1 - tl.arange(0, BLOCK_D))[None, :]
+    An = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32)
+    A2 = An * LOG2E
+    bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
+    Dv = _channel_vector(D_ptr, offs_d, dmask, HAS_D)
+    Bc = _const_tile(B_ptr, offs_n, nmask, offs_d, dmask, NSTATE, B_VARY)
+    Cc = _const_tile(C_ptr, offs_n, nmask, offs_d, dmask, NSTATE, C_VARY)
+    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dBc_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dCc_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    c_begin = pid_s * chunks_per_seg
+    c_end = tl.minimum(c_begin + chunks_per_seg, n_chunks)
+    # running dh: on entry to step t it holds a[t+1] * dh[t+1] (the carry from later steps)
+    dh = tl.load(_state_ptrs(carry_ptr + (pid_s * 2 + (c_end - 1) % 2) * s_cc, offs_n, offs_d, NSTATE),
+                 mask=m_nd, other=0.0)
+    for i in range(0, c_end - c_begin):
+        c = c_end - 1 - i
+        t0 = c * BLOCK_T
+        t1 = tl.minimum(t0 + BLOCK_T, L)
+        n_sub = tl.cdiv(t1 - t0, SUB)
+        if MODE == 0:  # pass A: the state at the start of every sub-chunk
+            h = tl.load(_state_ptrs(st_ptr + c * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
+            h = _recompute(h, t0, t1, SUB, s_tile + SUB * tile, tile, u_ptr, dt_ptr, B_ptr, Bc, A2, bias,
+                           offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
+                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP)
+        for j in range(0, n_sub):
+            s = n_sub - 1 - j
+            ts0 = t0 + s * SUB
+            ts1 = tl.minimum(ts0 + SUB, t1)
+            if MODE == 0:  # pass B: every state of the sub-chunk
+                tl.debug_barrier()
+                h = tl.load(s_tile + (SUB + s) * tile)
+                h = _recompute(h, ts0, ts1, 1, s_tile, tile, u_ptr, dt_ptr, B_ptr, Bc, A2, bias,
+                               offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
+                               HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP)
+                tl.debug_barrier()
+            # pass C: backwards through the sub-chunk, loads of step t-1 issued before step t's math
+            LOAD_B: tl.constexpr = B_VARY and MODE == 0
+            t = ts1 - 1
+            u_n = _row(u_ptr, t, s_ul, offs_d, dmask, True)
+            dt_n = _row(dt_ptr, t, s_dtl, offs_d, dmask, True)
+            g_n = _row(dout_ptr, t, s_gl, offs_d, dmask, True)
+            z_n = _row(z_ptr, t, s_zl, offs_d, dmask, HAS_Z)
+            B_n = _step_bc(B_ptr, t, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+            C_n = _step_bc(C_ptr, t, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP)
+            if MODE == 0:
+                hp_n = tl.load(s_tile + (t - ts0) * tile)
+            for k in range(0, ts1 - ts0):
+                t = ts1 - 1 - k
+                u = u_n
+                dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
+                dout = g_n
+                zz = z_n
+                Bt = B_n
+                Ct = C_n
+                tp = tl.maximum(t - 1, ts0)
+                u_n = _row(u_ptr, tp, s_ul, offs_d, dmask, True)
+                dt_n = _row(dt_ptr, tp, s_dtl, offs_d, dmask, True)
+                g_n = _row(dout_ptr, tp, s_gl, offs_d, dmask, True)
+                z_n = _row(z_ptr, tp, s_zl, offs_d, dmask, HAS_Z)
+                B_n = _step_bc(B_ptr, tp, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+                C_n = _step_bc(C_ptr, tp, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP)
+                if HAS_Z:
+                    sz = tl.sigmoid(zz)
+                    dy = dout * zz * sz
+                else:
+                    dy = dout
+                a = _exp2(A2 * dt[None, :], FAST_EXP)
+                dh += dy[None, :] * Ct
+                if MODE == 0:
+                    hp = hp_n
+                    hp_n = tl.load(s_tile + (tp - ts0) * tile)
+                    ahp = a * hp
+                    dtu = dt * u
+                    ht = ahp + dtu[None, :] * Bt
+                    sum_dhB = tl.sum(dh * Bt, axis=0)
+                    du = dt * sum_dhB
+                    ddt = tl.sum(dh * An * ahp, axis=0) + u * sum_dhB
+                    dA_acc += dh * ahp * dt[None, :]
+                    dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, t, offs_n, nmask, offs_d,
+                                            dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg, B_VARY, SINGLE_GROUP)
+                    dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, t, offs_n, nmask, offs_d,
+                                            dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg, C_VARY, SINGLE_GROUP)
+                    if HAS_D:
+                        du += dy * Dv
+                        dD_acc += dy * u
+                    if HAS_Z:
+                        y = tl.sum(ht * Ct, axis=0)
+                        if HAS_D:
+                            y += u * Dv
+                        dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                        tl.store(dz_ptr + t * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=dmask)
+                    if SOFTPLUS:
+                        ddt = ddt * tl.sigmoid(dt_pre)
+                    ddt = tl.where(dmask, ddt, 0.0)
+                    dbias_acc += ddt
+                    tl.store(du_ptr + t * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
+                    tl.store(ddt_ptr + t * s_ul + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
+                dh = a * dh
+    tl.store(_state_ptrs(carry_ptr + (pid_s * 2 + (c_begin + 1) % 2) * s_cc, offs_n, offs_d, NSTATE), dh, mask=m_nd)
+    if MODE == 0:
+        seg_off = pid_b * n_seg + pid_s
+        dn_ptrs = _state_ptrs(dA_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE)
+        tl.store(dn_ptrs, dA_acc, mask=m_nd)
+        if not B_VARY:
+            tl.store(_state_ptrs(dB_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE), dBc_acc, mask=m_nd)
+        if not C_VARY:
+            tl.store(_state_ptrs(dC_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE), dCc_acc, mask=m_nd)
+        tl.store(dD_ptr + seg_off * DIM + offs_d, dD_acc, mask=dmask)
+        tl.store(dbias_ptr + seg_off * DIM + offs_d, dbias_acc, mask=dmask)
