@@ -69,12 +69,6 @@ class OrderedMixer(nn.Module):
         return outs[0] if K == 1 else torch.stack(outs).mean(0)
 
 
-def _mixer_class(name: str):
-    if name not in registry.list_mixers():
-        raise ValueError(f"mixer: unknown name {name!r}; registered mixers are {registry.list_mixers()}")
-    return registry._MIXERS[name]      # the class itself: its signatures tell how to build and call it
-
-
 def _accepts(fn, name: str) -> bool:
     params = inspect.signature(fn).parameters
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -82,7 +76,7 @@ def _accepts(fn, name: str) -> bool:
 
 def scans_grids(name: str) -> bool:
     """Whether the registered mixer ``name`` scans grids itself (``forward(x, grid_shape)``)."""
-    cls = _mixer_class(name)
+    cls = registry.mixer_class(name)
     return "grid_shape" in inspect.signature(cls.forward).parameters
 
 
@@ -95,7 +89,7 @@ def build_grid_mixer(name: str, dim: int, orders, share: bool = False, device=No
     mixers are moved with ``.to`` afterwards. Unknown names raise a ValueError listing the
     registered mixers.
     """
-    cls = _mixer_class(name)
+    cls = registry.mixer_class(name)
     factory = dict(device=device, dtype=dtype) if _accepts(cls.__init__, "device") else {}
 
     def make(**extra):

@@ -23,7 +23,12 @@ def list_mixers() -> list[str]:
     return sorted(_MIXERS)
 
 
-def build_mixer(name: str, dim: int, **kwargs):
+def mixer_class(name: str) -> Callable:
+    """The class registered under ``name`` (its signature says how to build and call it)."""
     if name not in _MIXERS:
         raise ValueError(f"mixer: unknown name {name!r}; registered mixers are {list_mixers()}")
-    return _MIXERS[name](dim, **kwargs)
+    return _MIXERS[name]
+
+
+def build_mixer(name: str, dim: int, **kwargs):
+    return mixer_class(name)(dim, **kwargs)

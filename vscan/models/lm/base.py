@@ -26,12 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vscan.layers import registry as _mixer_registry
 from vscan.layers.attention import CausalSelfAttention
 from vscan.layers.hybrid_head import HybridHeadMixer
 from vscan.layers.mamba import MambaMixer, RMSNorm
 from vscan.layers.moe import MoE
-from vscan.layers.registry import build_mixer, list_mixers
+from vscan.layers.registry import build_mixer, list_mixers, mixer_class
 
 from .cache import HybridCache
 from .sampling import check_sampling_args, sample_next
@@ -52,7 +51,7 @@ def is_recurrent_mixer(mixer) -> bool:
 def recurrent_mixer_names() -> list[str]:
     """Registered mixer names that follow the recurrent-mixer protocol: the choices for the
     ``mixer=`` field of MambaLM and Jamba (e.g. ['cfc', 'liquid', 'mamba'])."""
-    return [n for n in list_mixers() if is_recurrent_mixer(_mixer_registry._MIXERS[n])]
+    return [n for n in list_mixers() if is_recurrent_mixer(mixer_class(n))]
 
 
 def check_mixer_choice(mixer, mixer_kwargs, field: str = "mixer", kwargs_field: str = "mixer_kwargs"):
