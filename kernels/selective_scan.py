@@ -86,7 +86,7 @@ def _plan(L, dim, batch, N, ch_per_group, device):
         bt, warps, sub, per_sm, *bd_env = _seq_tile()
         bd_pref, bwarps = (bd_env[0] if bd_env else 32 * warps), warps
     else:
-        (bt, bd_pref, warps), (bbt, _bbd, bwarps) = _tiles()
+        (bt, bd_pref, warps), (_bbt, _bbd, bwarps) = _tiles()   # backward reuses the forward T and D
         sub, per_sm = 0, 8
     bt = min(bt, max(16, triton.next_power_of_2(L)))
     bd, single = _block_d(dim, ch_per_group, bd_pref)
