@@ -15,7 +15,8 @@ nn.Module)``) and expects the attributes below of the class that uses it.
   ``stages`` (nn.Sequential of stages with a ``grad_checkpointing`` flag), ``norm``,
   ``in_chans``, ``feature_info`` (``num_chs`` per stage), ``num_features`` /
   ``head_hidden_size``, and ``head`` a timm ``ClassifierHead``; the class attribute
-  ``head_input_fmt`` ('NCHW' or 'NHWC') is the layout of the stage maps the head reads.
+  ``head_input_fmt`` ('NCHW' or 'NHWC') is the layout of the stage maps (the head reads them;
+  ``forward_intermediates`` converts from it).
 * :class:`LinearTokenHeadMixin` -- a linear head on the class token or the mean of the patch
   tokens (Vim, VideoMamba): ``head`` (nn.Linear or nn.Identity), ``head_drop``, ``global_pool``
   ('token' / 'avg' / ''), ``has_class_token``, ``cls_position``, ``embed_dim``, ``num_classes``.
@@ -116,6 +117,29 @@ class StageStackMixin:
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.stages(self._stem(x)))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Stage outputs as (B, C, H, W) for 'NCHW' or (B, H, W, C) for 'NHWC'; ``norm`` applies the
+        final norm to the last stage's output."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.stages), indices)
+        x = self._stem(x)
+        last = len(self.stages) - 1
+        stages = self.stages if not stop_early else self.stages[:max_index + 1]
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                y = self.norm(x) if norm and i == last else x
+                if output_fmt != self.head_input_fmt:   # stage maps are in head_input_fmt
+                    y = y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y.permute(0, 2, 3, 1)
+                intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):

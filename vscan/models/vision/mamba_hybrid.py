@@ -19,7 +19,7 @@ S = (3, 3, 7, 5), 96, 64; B = (3, 3, 10, 5), 128, 64 with layer scale 1e-5.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ from vscan.layers.mamba import init_dt_proj_, s4d_real_A_log
 from vscan.ops import selective_scan
 
 from ._api import PoolHeadMixin, StageStackMixin
-from ._common import drop_path_rates, init_linear, reject_unknown, take_indices
+from ._common import drop_path_rates, init_linear, reject_unknown
 
 __all__ = ["MambaHybrid", "HybridMambaMixer"]
 
@@ -211,28 +211,6 @@ class MambaHybrid(StageStackMixin, PoolHeadMixin, nn.Module):
         self.norm = nn.BatchNorm2d(dims[-1], **dd)
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         init_linear(self)
-
-    # -- forward --------------------------------------------------------------------------------
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):
-        """Stage outputs as (B, C, H, W) ('NHWC' also); ``norm`` applies the final BatchNorm to the last."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take, max_index = take_indices(len(self.stages), indices)
-        x = self._stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if not stop_early else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y if output_fmt == "NCHW" else y.permute(0, 2, 3, 1))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ B = (2, 2, 15, 2), 128, 2.0; all with d_state 1 and MLP ratio 4.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -27,7 +27,7 @@ from vscan.layers.ordered import OrderedMixer
 from vscan.layers.registry import list_mixers
 
 from ._api import PoolHeadMixin, StageStackMixin
-from ._common import block_mixer, drop_path_rates, init_linear, reject_unknown, take_indices
+from ._common import block_mixer, drop_path_rates, init_linear, reject_unknown
 
 __all__ = ["VMamba", "VSSBlock"]
 
@@ -194,29 +194,6 @@ class VMamba(StageStackMixin, PoolHeadMixin, nn.Module):
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                    input_fmt=self.head_input_fmt, **dd)
         init_linear(self)
-
-    # -- forward --------------------------------------------------------------------------------
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):
-        """Stage outputs ((B, C, H, W) for 'NCHW', (B, H, W, C) for 'NHWC'); ``norm`` applies the
-        final norm to the last stage's output."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take, max_index = take_indices(len(self.stages), indices)
-        x = self._stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if not stop_early else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(_to_nchw(y).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
 
 
 # --------------------------------------------------------------------------------------------
