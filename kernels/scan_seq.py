@@ -37,6 +37,19 @@ def _state_index(BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _tile_index(pid_d, DIM, NSTATE, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr):
+    """Channel and state indices of a program's [BLOCK_N, BLOCK_D] tile and their masks."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = _state_index(BLOCK_N)
+    dmask = offs_d < DIM
+    if EVEN_N:  # a mask of compile-time trues, folded away: no per-state mask arithmetic per step
+        nmask = offs_n < BLOCK_N
+    else:
+        nmask = offs_n < NSTATE
+    return offs_d, offs_n, dmask, nmask, nmask[:, None] & dmask[None, :]
+
+
+@triton.jit
 def _exp2(x, FAST: tl.constexpr):
     """2**x; on a GPU one ex2.approx.ftz (flushing results below 2**-126, the state's decay, to 0)
     instead of ex2 plus its denormal-range fix-up. The interpreter has no inline assembly."""
@@ -118,14 +131,7 @@ def scan_fwd_seq_kernel(
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = _state_index(BLOCK_N)
-    dmask = offs_d < DIM
-    if EVEN_N:  # a mask of compile-time trues, folded away: no per-state mask arithmetic per step
-        nmask = offs_n < BLOCK_N
-    else:
-        nmask = offs_n < NSTATE
-    m_nd = nmask[:, None] & dmask[None, :]
+    offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
     u_ptr += pid_b * s_ub
@@ -261,14 +267,7 @@ def scan_bwd_seq_kernel(
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = _state_index(BLOCK_N)
-    dmask = offs_d < DIM
-    if EVEN_N:  # a mask of compile-time trues, folded away: no per-state mask arithmetic per step
-        nmask = offs_n < BLOCK_N
-    else:
-        nmask = offs_n < NSTATE
-    m_nd = nmask[:, None] & dmask[None, :]
+    offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
     blk_in_group = pid_d % blocks_per_group
