@@ -3,7 +3,9 @@ corpus built from text that ships with Python (no downloads).
 
 Every generator returns ``(inputs, labels)``, both (batch, length) int64: ``labels[b, t]`` is the
 token the model must predict at position t, or -100 (ignored). Randomness comes only from
-the ``generator`` argument, so a seed reproduces a batch exactly.
+the ``generator`` argument, so a seed reproduces a batch exactly. The synthetic generators take
+``device=``: the batch is then drawn on that device (the generator must live there too), with
+no host synchronisation, so a GPU training loop never waits for the CPU to make data.
 
 * :func:`selective_copying` (Mamba section 4.1.1, s4's ``torch_copying_data``)
 * :func:`induction_heads` (Mamba section 4.1.2, safari's ``generate_induction_head``)
@@ -33,7 +35,7 @@ def _random_subset(batch, n, k, generator, device=None):
 
 
 def selective_copying(batch: int, seq_len: int = 256, num_tokens: int = 16, vocab_size: int = 16,
-                      generator: torch.Generator | None = None):
+                      generator: torch.Generator | None = None, device=None):
     """``num_tokens`` data tokens (ids 1..vocab_size-2) at sorted random positions among noise
     (id 0) in the first ``seq_len - num_tokens`` positions, then ``num_tokens`` markers
     (id vocab_size-1); at the markers the model must output the data tokens in order."""
@@ -41,9 +43,9 @@ def selective_copying(batch: int, seq_len: int = 256, num_tokens: int = 16, voca
     _check(num_tokens >= 1, "num_tokens", f"expected >= 1, got {num_tokens}")
     _check(seq_len >= 2 * num_tokens, "seq_len", f"must be >= 2 * num_tokens = {2 * num_tokens}, got {seq_len}")
     region = seq_len - num_tokens
-    data = torch.randint(1, vocab_size - 1, (batch, num_tokens), generator=generator)
-    pos = _random_subset(batch, region, num_tokens, generator).sort(dim=1).values
-    inputs = torch.zeros(batch, seq_len, dtype=torch.long)
+    data = torch.randint(1, vocab_size - 1, (batch, num_tokens), generator=generator, device=device)
+    pos = _random_subset(batch, region, num_tokens, generator, device).sort(dim=1).values
+    inputs = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
     inputs.scatter_(1, pos, data)
     inputs[:, region:] = vocab_size - 1
     labels = torch.full_like(inputs, IGNORE)
@@ -51,17 +53,18 @@ def selective_copying(batch: int, seq_len: int = 256, num_tokens: int = 16, voca
     return inputs, labels
 
 
-def induction_heads(batch: int, seq_len: int = 256, vocab_size: int = 16, generator: torch.Generator | None = None):
+def induction_heads(batch: int, seq_len: int = 256, vocab_size: int = 16, generator: torch.Generator | None = None,
+                    device=None):
     """Random tokens from [0, vocab_size-1); the special token ``vocab_size-1`` appears at a random
     position followed by the token to remember, and again at the end, where the model must
     output that token (loss on the last position only)."""
     _check(vocab_size >= 3, "vocab_size", f"expected >= 3, got {vocab_size}")
     _check(seq_len >= 4, "seq_len", f"expected >= 4, got {seq_len}")
     special = vocab_size - 1
-    inputs = torch.randint(0, special, (batch, seq_len), generator=generator)
-    target = torch.randint(0, special, (batch,), generator=generator)
-    p = torch.randint(0, seq_len - 2, (batch,), generator=generator)   # p + 1 <= seq_len - 2
-    rows = torch.arange(batch)
+    inputs = torch.randint(0, special, (batch, seq_len), generator=generator, device=device)
+    target = torch.randint(0, special, (batch,), generator=generator, device=device)
+    p = torch.randint(0, seq_len - 2, (batch,), generator=generator, device=device)   # p + 1 <= seq_len - 2
+    rows = torch.arange(batch, device=device)
     inputs[rows, p] = special
     inputs[rows, p + 1] = target
     inputs[:, -1] = special
@@ -71,7 +74,7 @@ def induction_heads(batch: int, seq_len: int = 256, vocab_size: int = 16, genera
 
 
 def mqar(batch: int, seq_len: int = 256, num_kv_pairs: int = 16, vocab_size: int = 8192, power_a: float = 0.01,
-         random_non_queries: bool = True, generator: torch.Generator | None = None):
+         random_non_queries: bool = True, generator: torch.Generator | None = None, device=None):
     """Multi-query associative recall. Keys (distinct, from [1, V/2)) and values (distinct, from
     [V/2, V)) first appear as ``k1 v1 k2 v2 ...``; each key is then queried once at a slot chosen
     with a power-law gap distribution p(g) ~ g^(a-1), followed by its value. The label at
@@ -82,18 +85,21 @@ def mqar(batch: int, seq_len: int = 256, num_kv_pairs: int = 16, vocab_size: int
            f"{vocab_size} leaves fewer than num_kv_pairs={num_kv_pairs} distinct keys in [1, vocab_size/2)")
     _check(power_a > 0, "power_a", f"expected > 0, got {power_a}")
     half, ctx = vocab_size // 2, 2 * num_kv_pairs
-    keys = _random_subset(batch, half - 1, num_kv_pairs, generator) + 1
-    values = _random_subset(batch, vocab_size - half, num_kv_pairs, generator) + half
+    keys = _random_subset(batch, half - 1, num_kv_pairs, generator, device) + 1
+    values = _random_subset(batch, vocab_size - half, num_kv_pairs, generator, device) + half
     if random_non_queries:
-        inputs = torch.randint(0, vocab_size, (batch, seq_len), generator=generator)
+        inputs = torch.randint(0, vocab_size, (batch, seq_len), generator=generator, device=device)
     else:
-        inputs = torch.zeros(batch, seq_len, dtype=torch.long)
+        inputs = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
     inputs[:, 0:ctx:2] = keys
     inputs[:, 1:ctx:2] = values
     slots = (seq_len - ctx) // 2
-    gaps = torch.arange(1, slots + 1, dtype=torch.float64)
+    gaps = torch.arange(1, slots + 1, dtype=torch.float64, device=device)
     w = (power_a * gaps ** (power_a - 1)).float().expand(batch, -1)
-    chosen = torch.multinomial(w, num_kv_pairs, replacement=False, generator=generator)   # (b, kv)
+    # num_kv_pairs slots without replacement, p ~ w: what torch.multinomial(w, k, replacement=False)
+    # does inside (w / Exp(1) noise, top k; the same numbers on CPU), minus its validity check,
+    # which is a host sync on CUDA
+    chosen = (w / torch.empty_like(w).exponential_(1, generator=generator)).topk(num_kv_pairs, dim=1).indices
     qpos = ctx + 2 * chosen
     inputs.scatter_(1, qpos, keys)
     inputs.scatter_(1, qpos + 1, values)
@@ -181,49 +187,63 @@ class ByteCorpus:
 
 # ----------------------------------------------------------------------------- tasks
 class Task:
-    """A named task: ``vocab_size`` and ``sample(batch, generator, seq_len=None, split='train')``."""
+    """A named task: ``vocab_size`` and ``sample(batch, generator, seq_len=None, split='train', device=None)``.
+
+    ``labels_per_row``: how many labelled positions every row of a batch has (the same for
+    all rows; None: every position), which lets a training loop gather them without a host
+    sync. ``device_native``: ``sample(device=...)`` draws on that device with a generator that
+    lives there; otherwise the batch is drawn on the CPU (CPU generator) and moved.
+    """
     name = "task"
     vocab_size: int
     seq_len: int
+    labels_per_row: int | None = None
+    device_native = False
 
-    def sample(self, batch: int, generator=None, seq_len: int | None = None, split: str = "train"):
+    def sample(self, batch: int, generator=None, seq_len: int | None = None, split: str = "train", device=None):
         raise NotImplementedError
 
 
 class MQARTask(Task):
     name = "mqar"
+    device_native = True
 
     def __init__(self, seq_len: int = 256, num_kv_pairs: int = 16, vocab_size: int = 8192, power_a: float = 0.01,
                  random_non_queries: bool = True):
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
         self.power_a, self.random_non_queries = power_a, random_non_queries
         mqar(1, seq_len, num_kv_pairs, vocab_size, power_a, random_non_queries)   # validate once
+        self.labels_per_row = num_kv_pairs
 
-    def sample(self, batch, generator=None, seq_len=None, split="train"):
+    def sample(self, batch, generator=None, seq_len=None, split="train", device=None):
         return mqar(batch, seq_len or self.seq_len, self.num_kv_pairs, self.vocab_size, self.power_a,
-                    self.random_non_queries, generator)
+                    self.random_non_queries, generator, device)
 
 
 class InductionTask(Task):
     name = "induction"
+    device_native = True
+    labels_per_row = 1
 
     def __init__(self, seq_len: int = 256, vocab_size: int = 16):
         self.seq_len, self.vocab_size = seq_len, vocab_size
         induction_heads(1, seq_len, vocab_size)
 
-    def sample(self, batch, generator=None, seq_len=None, split="train"):
-        return induction_heads(batch, seq_len or self.seq_len, self.vocab_size, generator)
+    def sample(self, batch, generator=None, seq_len=None, split="train", device=None):
+        return induction_heads(batch, seq_len or self.seq_len, self.vocab_size, generator, device)
 
 
 class CopyTask(Task):
     name = "copy"
+    device_native = True
 
     def __init__(self, seq_len: int = 256, num_tokens: int = 16, vocab_size: int = 16):
         self.seq_len, self.num_tokens, self.vocab_size = seq_len, num_tokens, vocab_size
         selective_copying(1, seq_len, num_tokens, vocab_size)
+        self.labels_per_row = num_tokens
 
-    def sample(self, batch, generator=None, seq_len=None, split="train"):
-        return selective_copying(batch, seq_len or self.seq_len, self.num_tokens, self.vocab_size, generator)
+    def sample(self, batch, generator=None, seq_len=None, split="train", device=None):
+        return selective_copying(batch, seq_len or self.seq_len, self.num_tokens, self.vocab_size, generator, device)
 
 
 class TextTask(Task):
@@ -235,8 +255,9 @@ class TextTask(Task):
         self.seq_len = seq_len
         self.corpus = ByteCorpus(max_bytes=max_bytes, val_fraction=val_fraction)
 
-    def sample(self, batch, generator=None, seq_len=None, split="train"):
-        return self.corpus.sample(batch, seq_len or self.seq_len, split, generator)
+    def sample(self, batch, generator=None, seq_len=None, split="train", device=None):
+        x, y = self.corpus.sample(batch, seq_len or self.seq_len, split, generator)
+        return (x, y) if device is None else (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
 
 
 TASKS = {"mqar": MQARTask, "induction": InductionTask, "copy": CopyTask, "text": TextTask}

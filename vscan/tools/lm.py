@@ -4,6 +4,11 @@ byte-level text corpus. Writes ``metrics.json``, ``metrics.csv``, ``curves.png``
 ``model.pt`` to ``--out``.
 
     vscan lm --model jamba --task mqar --d-model 64 --seq-len 256 --num-kv 16 --steps 2000 --out runs/lm/x
+
+On a GPU (``--device auto`` picks CUDA when there is one) training runs under bf16 autocast
+(``--amp auto``), draws the synthetic batches on the device, uses fused AdamW, and makes no
+host sync per step of its own: losses are read only at evaluations (every ``--eval-every``
+steps), on a fixed evaluation set drawn once. CPU runs behave as before.
 """
 from __future__ import annotations
 
@@ -68,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--eval-batch", type=int, default=64)
     o.add_argument("--target-acc", type=float, default=None, help="stop early once eval accuracy reaches this")
     o.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
+    o.add_argument("--target-all-lengths", action="store_true",
+                   help="early stop only once --eval-lengths reach --target-acc too (checked when the training length has)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
+                   help="autocast dtype; auto = bf16 on a CUDA device that supports it, none elsewhere")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=Path("runs/lm"))
@@ -118,30 +128,97 @@ def build_model(args, vocab_size: int):
                    pad_token_id=None, bos_token_id=None, eos_token_id=None)
 
 
-def _loss_and_acc(model, x, y):
+def _loss_and_acc(model, x, y, labels_per_row=None, check_ids=True):
     """Cross-entropy and accuracy over the labelled positions only (logits are computed there
-    alone, which keeps an 8192-token vocabulary cheap)."""
-    h = model.forward_hidden(x)
-    mask = y != -100
-    logits = model.logits(h[mask])
-    target = y[mask]
+    alone, which keeps an 8192-token vocabulary cheap). With ``labels_per_row`` (every row has
+    that many labels) the positions are gathered with a fixed shape, without the host sync
+    of boolean indexing; the mean is the same. ``check_ids=False`` skips the id range check
+    (another sync) for batches the task generator made."""
+    h = model.forward_hidden(x, check_ids=check_ids)
+    if labels_per_row is not None:
+        pos = (y != -100).to(torch.float32).topk(labels_per_row, dim=1).indices      # (b, k), no sync
+        target = y.gather(1, pos)
+        logits = model.logits(h.gather(1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])))
+        logits, target = logits.flatten(0, 1), target.flatten()
+    else:
+        mask = y != -100
+        logits = model.logits(h[mask])
+        target = y[mask]
     loss = F.cross_entropy(logits.float(), target)
     acc = (logits.argmax(-1) == target).float().mean()
     return loss, acc
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"vscan lm: --device {name}: no CUDA device is available")
+    return dev
+
+
+def resolve_amp(name: str, device: torch.device):
+    """The autocast dtype (None: full precision)."""
+    if name == "none":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device, amp_dtype):
+    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
+class _Data:
+    """Training batches and a fixed evaluation set (per length), on the training device."""
+
+    def __init__(self, task, args, device):
+        self.task, self.args, self.device = task, args, device
+        native = device.type != "cpu" and getattr(task, "device_native", False)
+        self.gen_device = device if native else torch.device("cpu")
+        self.sample_device = device if device.type != "cpu" else None
+        self.g = self._gen(args.seed)
+        self._eval: dict = {}
+
+    def _gen(self, seed):
+        return torch.Generator(device=self.gen_device).manual_seed(seed)
+
+    def train_batch(self):
+        return self.task.sample(self.args.batch, self.g, device=self.sample_device)
+
+    def eval_batches(self, seq_len=None, batches=None):
+        """The same batches every time: drawn once from seed 10_000 + seed (on the CPU the
+        generator is re-seeded instead, so nothing is kept in memory)."""
+        n = batches or self.args.eval_batches
+        key = (seq_len, n)
+        if self.device.type == "cpu":
+            g = self._gen(10_000 + self.args.seed)
+            return (self.task.sample(self.args.eval_batch, g, seq_len=seq_len, split="val") for _ in range(n))
+        if key not in self._eval:
+            g = self._gen(10_000 + self.args.seed)
+            self._eval[key] = [self.task.sample(self.args.eval_batch, g, seq_len=seq_len, split="val",
+                                                device=self.sample_device) for _ in range(n)]
+        return self._eval[key]
+
+
 @torch.no_grad()
-def evaluate(model, task, args, seq_len=None, batches=None):
+def evaluate(model, task, args, seq_len=None, batches=None, data: _Data | None = None, amp_dtype=None):
     model.eval()
-    g = torch.Generator().manual_seed(10_000 + args.seed)        # the same eval batches every time
+    if data is None:
+        data = _Data(task, args, next(model.parameters()).device)
+    k = getattr(task, "labels_per_row", None)
     losses, accs = [], []
-    for _ in range(batches or args.eval_batches):
-        x, y = task.sample(args.eval_batch, g, seq_len=seq_len, split="val")
-        loss, acc = _loss_and_acc(model, x, y)
-        losses.append(loss.item())
-        accs.append(acc.item())
+    for x, y in data.eval_batches(seq_len, batches):
+        with _autocast(data.device, amp_dtype):
+            loss, acc = _loss_and_acc(model, x, y, k)
+        losses.append(loss)
+        accs.append(acc)
     model.train()
-    return sum(losses) / len(losses), sum(accs) / len(accs)
+    return torch.stack(losses).mean().item(), torch.stack(accs).mean().item()
 
 
 def _lr_at(step, args, elapsed: float = 0.0):
@@ -158,8 +235,9 @@ def _lr_at(step, args, elapsed: float = 0.0):
 def _optimizer(model, args):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
+    fused = {"fused": True} if next(model.parameters()).device.type == "cuda" else {}
     return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), **fused)
 
 
 def train(args) -> dict:
@@ -170,12 +248,19 @@ def train(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(getattr(args, "device", "cpu"))
+    amp_dtype = resolve_amp(getattr(args, "amp", "none"), device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
     task = make_task(args)
-    model = build_model(args, task.vocab_size)
+    model = build_model(args, task.vocab_size).to(device)
     opt = _optimizer(model, args)
-    g = torch.Generator().manual_seed(args.seed)
-    ev_loss, ev_acc = evaluate(model, task, args)
+    data = _Data(task, args, device)
+    k = getattr(task, "labels_per_row", None)
+    ev = lambda L=None: evaluate(model, task, args, seq_len=L, data=data, amp_dtype=amp_dtype)  # noqa: E731
+    ev_loss, ev_acc = ev()
     rows = [{"step": 0, "train_loss": None, "train_acc": None, "eval_loss": ev_loss, "eval_acc": ev_acc,
              "lr": 0.0, "elapsed_s": 0.0}]
     t0 = time.time()
@@ -185,8 +270,9 @@ def train(args) -> dict:
         lr = _lr_at(step, args, time.time() - t0)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = task.sample(args.batch, g)
-        loss, acc = _loss_and_acc(model, x, y)
+        x, y = data.train_batch()
+        with _autocast(device, amp_dtype):
+            loss, acc = _loss_and_acc(model, x, y, k, check_ids=step == 0)
         total = loss + model.aux_loss_coef * model.aux_loss() if model.aux_loss_coef else loss
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -196,40 +282,49 @@ def train(args) -> dict:
         last = step + 1 == args.steps
         out_of_time = args.time_limit is not None and time.time() - t0 > args.time_limit
         if (step + 1) % args.eval_every == 0 or last or out_of_time:
-            ev_loss, ev_acc = evaluate(model, task, args)
+            ev_loss, ev_acc = ev()
             best_acc = max(best_acc, ev_acc)
-            rows.append({"step": step + 1, "train_loss": loss.item(), "train_acc": acc.item(), "eval_loss": ev_loss,
-                         "eval_acc": ev_acc, "lr": lr, "elapsed_s": round(time.time() - t0, 1)})
+            row = {"step": step + 1, "train_loss": loss.item(), "train_acc": acc.item(), "eval_loss": ev_loss,
+                   "eval_acc": ev_acc, "lr": lr, "elapsed_s": round(time.time() - t0, 1)}
+            rows.append(row)
             bar.set_postfix(loss=f"{loss.item():.3f}", eval_acc=f"{ev_acc:.3f}")
             if args.target_acc is not None and ev_acc >= args.target_acc:
-                stopped = "target_acc"
-                break
+                reached = True
+                if getattr(args, "target_all_lengths", False):
+                    for L in args.eval_lengths:
+                        row[f"acc@{L}"] = ev(L)[1]
+                    reached = all(row[f"acc@{L}"] >= args.target_acc for L in args.eval_lengths)
+                if reached:
+                    stopped = "target_acc"
+                    break
         if out_of_time:
             stopped = "time_limit"
             break
     bar.close()
     train_s = time.time() - t0
     final = {"eval_loss": rows[-1]["eval_loss"], "eval_acc": rows[-1]["eval_acc"], "best_eval_acc": best_acc,
-             "steps_run": rows[-1]["step"], "stopped_by": stopped, "train_seconds": round(train_s, 1)}
+             "steps_run": rows[-1]["step"], "stopped_by": stopped, "train_seconds": round(train_s, 1),
+             "steps_per_s": round(rows[-1]["step"] / max(train_s, 1e-9), 1)}
     if args.task == "text":
         final["eval_bits_per_byte"] = final["eval_loss"] / math.log(2)
     for L in args.eval_lengths:
-        _, acc_L = evaluate(model, task, args, seq_len=L)
-        final[f"acc@{L}"] = acc_L
+        final[f"acc@{L}"] = rows[-1][f"acc@{L}"] if f"acc@{L}" in rows[-1] else ev(L)[1]
     if args.sample and args.task == "text":
         from vscan.models.lm import ByteTokenizer
         tok = ByteTokenizer()
         prompt = tok("The Zen of Python")
         out_ids = model.generate(prompt, max_new_tokens=args.sample, temperature=0.8, top_p=0.95,
-                                 generator=torch.Generator().manual_seed(args.seed))
-        final["sample"] = tok.decode(out_ids)
+                                 generator=torch.Generator(device=device).manual_seed(args.seed))
+        final["sample"] = tok.decode(out_ids.cpu())
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "command": "vscan lm " + shlex.join(args.argv),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "argv"},
         "params": model.num_params(), "final": final, "history": rows,
         "env": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-                "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat()},
+                "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
+                "device": str(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
+                **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})},
     }
     atomic_write_json(args.out / "metrics.json", result)
     atomic_write_csv(args.out / "metrics.csv", rows)
