@@ -155,11 +155,12 @@ def scan_fwd_kernel(
 @triton.jit
 def segment_combine_kernel(
     st_ptr, loc_ptr, dtsum_ptr, A_ptr,
-    DIM, NSTATE, n_chunks, chunks_per_seg, n_seg,
+    DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, K_DIR,
     s_stb, s_stc, s_lb, s_lc,
     BLOCK: tl.constexpr, SAVE_ALL: tl.constexpr, REVERSE: tl.constexpr,
 ):
-    """Chain segment summaries: S_next = exp(A * dtsum_seg) * S + E_seg.
+    """Chain segment summaries: S_next = exp(A * dtsum_seg) * S + E_seg (one program column per
+    batch row; with K_DIR > 1 a row is a (batch, direction) pair).
 
     Forward: S starts at the initial state (slot of chunk 0) and each segment's start slot is
     written. Reverse (backward): S starts at the carry into the last segment and each
@@ -170,7 +171,8 @@ def segment_combine_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < DIM * NSTATE
     d = offs // NSTATE
-    A = tl.load(A_ptr + offs, mask=mask, other=0.0).to(tl.float32) * LOG2E
+    # batch rows are (batch, direction) flattened; A is (K_DIR, DIM, NSTATE)
+    A = tl.load(A_ptr + (pid_b % K_DIR) * DIM * NSTATE + offs, mask=mask, other=0.0).to(tl.float32) * LOG2E
     st_ptr += pid_b * s_stb
     loc_ptr += pid_b * s_lb
     if REVERSE:

@@ -94,6 +94,22 @@ def _row(ptr, t, s_l, offs_d, dmask, PRESENT: tl.constexpr):
 
 
 @triton.jit
+def _row_id(idx_ptr, t, HAS_IDX: tl.constexpr):
+    """The grid row visited at step t: ``index[t]`` of this program's direction, else t."""
+    if HAS_IDX:
+        r = tl.load(idx_ptr + t)
+    else:
+        r = t
+    return r
+
+
+@triton.jit
+def _dir_split(pid_b, K_DIR):
+    """The batch grid axis is (batch, direction) flattened: pid_b = batch * K_DIR + direction."""
+    return pid_b // K_DIR, pid_b % K_DIR
+
+
+@triton.jit
 def _dt(dt_raw, dmask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """(dt before the softplus, dt) from the loaded row; masked channels get dt = 0."""
     dt_pre = dt_raw
@@ -117,16 +133,17 @@ def _const_tile(ptr, offs_n, nmask, offs_d, dmask, NSTATE, VARY: tl.constexpr):
 
 @triton.jit
 def scan_fwd_seq_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, idx_ptr,
     st_ptr, dtsum_ptr,
-    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group,
-    s_ub, s_ul, s_dtb, s_dtl, s_zb, s_zl, s_ob, s_ol,
-    s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, K_DIR, out_scale,
+    s_ub, s_ul, s_uk, s_dtb, s_dtl, s_dtk, s_zb, s_zl, s_ob, s_ol, s_ok,
+    s_Bb, s_Bl, s_Bg, s_Bk, s_Cb, s_Cl, s_Cg, s_Ck,
     s_stb, s_stc,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr, SAVE_ALL: tl.constexpr,
+    HAS_IDX: tl.constexpr, OUT_ATOMIC: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -134,15 +151,21 @@ def scan_fwd_seq_kernel(
     offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
-    u_ptr += pid_b * s_ub
-    dt_ptr += pid_b * s_dtb
-    out_ptr += pid_b * s_ob
+    bb, kk = _dir_split(pid_b, K_DIR)
+    u_ptr += bb * s_ub + kk * s_uk
+    dt_ptr += bb * s_dtb + kk * s_dtk
+    out_ptr += bb * s_ob + kk * s_ok
     if HAS_Z:
-        z_ptr += pid_b * s_zb
+        z_ptr += bb * s_zb
     if B_VARY:
-        B_ptr += pid_b * s_Bb
+        B_ptr += bb * s_Bb + kk * s_Bk
     if C_VARY:
-        C_ptr += pid_b * s_Cb
+        C_ptr += bb * s_Cb + kk * s_Ck
+    if HAS_IDX:
+        idx_ptr += kk * L
+    A_ptr += kk * DIM * NSTATE        # per-direction parameters, (K, d, N) / (K, d) contiguous
+    D_ptr += kk * DIM
+    bias_ptr += kk * DIM
     st_ptr += pid_b * s_stb
     A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
     bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
@@ -163,23 +186,26 @@ def scan_fwd_seq_kernel(
     # latency hides behind it (nothing they read depends on the state)
     LOAD_C: tl.constexpr = C_VARY and MODE == 0
     LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
-    u_n = _row(u_ptr, t_begin, s_ul, offs_d, dmask, True)
-    dt_n = _row(dt_ptr, t_begin, s_dtl, offs_d, dmask, True)
-    B_n = _step_bc(B_ptr, t_begin, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
-    C_n = _step_bc(C_ptr, t_begin, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
-    z_n = _row(z_ptr, t_begin, s_zl, offs_d, dmask, LOAD_Z)
+    r_n = _row_id(idx_ptr, t_begin, HAS_IDX)
+    u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
+    dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
+    C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
+    z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, LOAD_Z)
     for t in range(t_begin, t_end):
+        r = r_n
         u = u_n
         _dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
         Bt = B_n
         Ct = C_n
         zz = z_n
         tn = tl.minimum(t + 1, t_end - 1)
-        u_n = _row(u_ptr, tn, s_ul, offs_d, dmask, True)
-        dt_n = _row(dt_ptr, tn, s_dtl, offs_d, dmask, True)
-        B_n = _step_bc(B_ptr, tn, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
-        C_n = _step_bc(C_ptr, tn, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
-        z_n = _row(z_ptr, tn, s_zl, offs_d, dmask, LOAD_Z)
+        r_n = _row_id(idx_ptr, tn, HAS_IDX)
+        u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
+        dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+        B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
+        C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
+        z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, LOAD_Z)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
         if MODE == 1:
             dtsum += dt
@@ -189,7 +215,10 @@ def scan_fwd_seq_kernel(
                 y += u * Dv
             if HAS_Z:
                 y = y * zz * tl.sigmoid(zz)
-            tl.store(out_ptr + t * s_ol + offs_d, y.to(out_ptr.dtype.element_ty), mask=dmask)
+            if OUT_ATOMIC:  # directions merged by sum/mean into a float32 output in grid order
+                tl.atomic_add(out_ptr + r * s_ol + offs_d, y * out_scale, mask=dmask)
+            else:
+                tl.store(out_ptr + r * s_ol + offs_d, y.to(out_ptr.dtype.element_ty), mask=dmask)
             if SAVE_ALL:
                 # chunk-start states for backward; a segment's end slot belongs to the combine kernel
                 if ((t + 1) % BLOCK_T == 0) & (t + 1 < t_end):
@@ -208,23 +237,25 @@ def scan_fwd_seq_kernel(
 
 
 @triton.jit
-def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, Bc, A2, bias,
+def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
                offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
-               FAST_EXP: tl.constexpr):
+               FAST_EXP: tl.constexpr, HAS_IDX: tl.constexpr):
     """Walk the state forward over steps [ta, tb) from h (loads one step ahead); before every
     ``every``-th step store it to dst + k * tile. Returns the state after step tb - 1."""
-    u_n = _row(u_ptr, ta, s_ul, offs_d, dmask, True)
-    dt_n = _row(dt_ptr, ta, s_dtl, offs_d, dmask, True)
-    B_n = _step_bc(B_ptr, ta, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
+    r_n = _row_id(idx_ptr, ta, HAS_IDX)
+    u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
+    dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
     for t in range(ta, tb):
         u = u_n
         _dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
         Bt = B_n
         tn = tl.minimum(t + 1, tb - 1)
-        u_n = _row(u_ptr, tn, s_ul, offs_d, dmask, True)
-        dt_n = _row(dt_ptr, tn, s_dtl, offs_d, dmask, True)
-        B_n = _step_bc(B_ptr, tn, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
+        r_n = _row_id(idx_ptr, tn, HAS_IDX)
+        u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
+        dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+        B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
         if (t - ta) % every == 0:
             tl.store(dst + ((t - ta) // every) * tile, h)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
@@ -251,18 +282,19 @@ def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, blk_in_
 
 @triton.jit
 def scan_bwd_seq_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, idx_ptr,
     st_ptr, carry_ptr, scratch_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
-    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, blocks_per_group,
-    s_ub, s_ul, s_dtb, s_dtl, s_zb, s_zl, s_gb, s_gl,
-    s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, blocks_per_group, K_DIR, dout_scale,
+    s_ub, s_ul, s_uk, s_dtb, s_dtl, s_dtk, s_zb, s_zl, s_gb, s_gl, s_gk,
+    s_Bb, s_Bl, s_Bg, s_Bk, s_Cb, s_Cl, s_Cg, s_Ck,
     s_stb, s_stc, s_cb, s_cc,
-    s_pk, s_pb, s_pl, s_pg,
+    s_pk, s_pb, s_pl, s_pg, s_pkk,
     BLOCK_T: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
+    HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -271,20 +303,27 @@ def scan_bwd_seq_kernel(
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
     blk_in_group = pid_d % blocks_per_group
-    u_ptr += pid_b * s_ub
-    dt_ptr += pid_b * s_dtb
-    dout_ptr += pid_b * s_gb
-    du_ptr += pid_b * s_ub
-    ddt_ptr += pid_b * s_ub
+    bb, kk = _dir_split(pid_b, K_DIR)
+    # du is laid out like u (float32 and shared by the directions when DU_ATOMIC), ddt like dt
+    u_ptr += bb * s_ub + kk * s_uk
+    du_ptr += bb * s_ub + kk * s_uk
+    dt_ptr += bb * s_dtb + kk * s_dtk
+    ddt_ptr += bb * s_dtb + kk * s_dtk
+    dout_ptr += bb * s_gb + kk * s_gk
     if HAS_Z:
-        z_ptr += pid_b * s_zb
-        dz_ptr += pid_b * s_ub
+        z_ptr += bb * s_zb
+        dz_ptr += bb * s_ub
     if B_VARY:
-        B_ptr += pid_b * s_Bb
-        dB_ptr += pid_b * s_pb
+        B_ptr += bb * s_Bb + kk * s_Bk
+        dB_ptr += bb * s_pb + kk * s_pkk
     if C_VARY:
-        C_ptr += pid_b * s_Cb
-        dC_ptr += pid_b * s_pb
+        C_ptr += bb * s_Cb + kk * s_Ck
+        dC_ptr += bb * s_pb + kk * s_pkk
+    if HAS_IDX:
+        idx_ptr += kk * L
+    A_ptr += kk * DIM * NSTATE        # per-direction parameters, (K, d, N) / (K, d) contiguous
+    D_ptr += kk * DIM
+    bias_ptr += kk * DIM
     st_ptr += pid_b * s_stb
     carry_ptr += pid_b * s_cb
     # this program's scratch: SUB per-step state tiles, then BLOCK_T // SUB sub-chunk start tiles
@@ -314,9 +353,9 @@ def scan_bwd_seq_kernel(
         n_sub = tl.cdiv(t1 - t0, SUB)
         if MODE == 0:  # pass A: the state at the start of every sub-chunk
             h = tl.load(_state_ptrs(st_ptr + c * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
-            h = _recompute(h, t0, t1, SUB, s_tile + SUB * tile, tile, u_ptr, dt_ptr, B_ptr, Bc, A2, bias,
+            h = _recompute(h, t0, t1, SUB, s_tile + SUB * tile, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
                            offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
-                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP)
+                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX)
         for j in range(0, n_sub):
             s = n_sub - 1 - j
             ts0 = t0 + s * SUB
@@ -324,36 +363,39 @@ def scan_bwd_seq_kernel(
             if MODE == 0:  # pass B: every state of the sub-chunk
                 tl.debug_barrier()
                 h = tl.load(s_tile + (SUB + s) * tile)
-                h = _recompute(h, ts0, ts1, 1, s_tile, tile, u_ptr, dt_ptr, B_ptr, Bc, A2, bias,
+                h = _recompute(h, ts0, ts1, 1, s_tile, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
                                offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
-                               HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP)
+                               HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX)
                 tl.debug_barrier()
             # pass C: backwards through the sub-chunk, loads of step t-1 issued before step t's math
             LOAD_B: tl.constexpr = B_VARY and MODE == 0
             t = ts1 - 1
-            u_n = _row(u_ptr, t, s_ul, offs_d, dmask, True)
-            dt_n = _row(dt_ptr, t, s_dtl, offs_d, dmask, True)
-            g_n = _row(dout_ptr, t, s_gl, offs_d, dmask, True)
-            z_n = _row(z_ptr, t, s_zl, offs_d, dmask, HAS_Z)
-            B_n = _step_bc(B_ptr, t, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
-            C_n = _step_bc(C_ptr, t, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP)
+            r_n = _row_id(idx_ptr, t, HAS_IDX)
+            u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
+            dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+            g_n = _row(dout_ptr, r_n, s_gl, offs_d, dmask, True)
+            z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, HAS_Z)
+            B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+            C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP)
             if MODE == 0:
                 hp_n = tl.load(s_tile + (t - ts0) * tile)
             for k in range(0, ts1 - ts0):
                 t = ts1 - 1 - k
+                r = r_n
                 u = u_n
                 dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
-                dout = g_n
+                dout = g_n * dout_scale
                 zz = z_n
                 Bt = B_n
                 Ct = C_n
                 tp = tl.maximum(t - 1, ts0)
-                u_n = _row(u_ptr, tp, s_ul, offs_d, dmask, True)
-                dt_n = _row(dt_ptr, tp, s_dtl, offs_d, dmask, True)
-                g_n = _row(dout_ptr, tp, s_gl, offs_d, dmask, True)
-                z_n = _row(z_ptr, tp, s_zl, offs_d, dmask, HAS_Z)
-                B_n = _step_bc(B_ptr, tp, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
-                C_n = _step_bc(C_ptr, tp, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP)
+                r_n = _row_id(idx_ptr, tp, HAS_IDX)
+                u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
+                dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+                g_n = _row(dout_ptr, r_n, s_gl, offs_d, dmask, True)
+                z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, HAS_Z)
+                B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+                C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP)
                 if HAS_Z:
                     sz = tl.sigmoid(zz)
                     dy = dout * zz * sz
@@ -371,9 +413,9 @@ def scan_bwd_seq_kernel(
                     du = dt * sum_dhB
                     ddt = tl.sum(dh * An * ahp, axis=0) + u * sum_dhB
                     dA_acc += dh * ahp * dt[None, :]
-                    dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, t, offs_n, nmask, offs_d,
+                    dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, r, offs_n, nmask, offs_d,
                                             dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg, B_VARY, SINGLE_GROUP)
-                    dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, t, offs_n, nmask, offs_d,
+                    dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, r, offs_n, nmask, offs_d,
                                             dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg, C_VARY, SINGLE_GROUP)
                     if HAS_D:
                         du += dy * Dv
@@ -383,13 +425,16 @@ def scan_bwd_seq_kernel(
                         if HAS_D:
                             y += u * Dv
                         dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                        tl.store(dz_ptr + t * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=dmask)
+                        tl.store(dz_ptr + r * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=dmask)
                     if SOFTPLUS:
                         ddt = ddt * tl.sigmoid(dt_pre)
                     ddt = tl.where(dmask, ddt, 0.0)
                     dbias_acc += ddt
-                    tl.store(du_ptr + t * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
-                    tl.store(ddt_ptr + t * s_ul + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
+                    if DU_ATOMIC:  # u shared by the directions: their du add up in float32
+                        tl.atomic_add(du_ptr + r * s_ul + offs_d, du, mask=dmask)
+                    else:
+                        tl.store(du_ptr + r * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
+                    tl.store(ddt_ptr + r * s_dtl + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
                 dh = a * dh
     tl.store(_state_ptrs(carry_ptr + (pid_s * 2 + (c_begin + 1) % 2) * s_cc, offs_n, offs_d, NSTATE), dh, mask=m_nd)
     if MODE == 0:

@@ -105,153 +105,233 @@ def _c(t):
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
-def _bc_strides(X, vary):
-    return (X.stride(0), X.stride(1), X.stride(2)) if vary else (0, 0, 0)
+def _bc_strides(X, vary, per_direction=False):
+    """(batch, row, group, direction) strides of B or C; a direction axis sits where groups do."""
+    if not vary:
+        return (0, 0, 0, 0)
+    if per_direction:
+        return (X.stride(0), X.stride(1), 0, X.stride(2))
+    return (X.stride(0), X.stride(1), X.stride(2), 0)
+
+
+def _row_strides(t, per_direction):
+    """(batch, row, direction) strides of a token-major (b, L, d) or (b, L, K, d) tensor."""
+    if t is None:
+        return (0, 0, 0)
+    if per_direction:
+        return (t.stride(0), t.stride(1), t.stride(2))
+    return (t.stride(0), t.stride(1), 0)
+
+
+class _Problem:
+    """What one launch pair (forward, backward) needs: the tensors, their strides and the tile
+    plan. Program rows of the batch grid axis are (batch, direction) pairs, K of them per batch
+    item; direction k reads rows ``idx[k, t]`` at step t (or t itself without ``idx``) and has
+    its own A[k], D[k], delta_bias[k]. The single scan is K = 1 without an index."""
+
+    def __init__(self, u, delta, A32, B, C, D32, z, bias32, softplus, idx=None, u_per_dir=False,
+                 bc_per_dir=False):
+        self.b, self.L = u.shape[:2]
+        self.K, self.dim, self.N = A32.shape
+        self.u, self.delta, self.z, self.B, self.C = u, delta, z, B, C
+        self.A32, self.D32, self.bias32, self.idx, self.softplus = A32, D32, bias32, idx, bool(softplus)
+        self.B_vary, self.C_vary = B.dim() == 4, C.dim() == 4
+        self.sB = _bc_strides(B, self.B_vary, bc_per_dir)
+        self.sC = _bc_strides(C, self.C_vary, bc_per_dir)
+        self.su = _row_strides(u, u_per_dir)
+        self.sdt = _row_strides(delta, self.K > 1)
+        self.sz = _row_strides(z, False)[:2]
+        self.u_per_dir = u_per_dir
+        if bc_per_dir:
+            self.G, self.cpg = 1, self.dim
+        else:
+            self.G = B.shape[2] if self.B_vary else (C.shape[2] if self.C_vary else 1)
+            self.cpg = self.dim // self.G
+        self.p = _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device)
+
+    def flags(self):
+        p = self.p
+        f = dict(BLOCK_T=p["bt"], BLOCK_D=p["bd"], HAS_D=self.D32 is not None, HAS_Z=self.z is not None,
+                 HAS_BIAS=self.bias32 is not None, SOFTPLUS=self.softplus, B_VARY=self.B_vary,
+                 C_VARY=self.C_vary, SINGLE_GROUP=p["single"])
+        if p["kind"] == "sequential":
+            f.update(BLOCK_N=p["bn"], EVEN_N=p["bn"] == self.N, FAST_EXP=self.u.is_cuda, HAS_IDX=self.idx is not None)
+        return f
+
+    def opt(self, t):
+        """A dummy pointer for an absent optional tensor (never read: its flag is off)."""
+        return t if t is not None else self.A32
+
+
+def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None, save=True):
+    """Run the forward kernels into ``out`` (strides s_out = (batch, row, direction)).
+    Returns (states, dtsum, last_state); ``states`` holds the chunk-start states when save."""
+    p, dev, bk = pr.p, pr.u.device, pr.b * pr.K
+    seq = p["kind"] == "sequential"
+    n_slots = p["n_chunks"] + 1 if save else 2 * p["n_seg"]
+    states = torch.zeros(bk, n_slots, pr.dim, pr.N, device=dev, dtype=torch.float32)
+    if initial_state is not None:
+        states[:, 0] = initial_state.float()
+    dtsum = torch.empty(bk, p["n_seg"], pr.dim, device=dev, dtype=torch.float32)
+    grid = (p["n_blk"], bk, p["n_seg"])
+    zz = pr.opt(pr.z)
+    if seq:
+        kernel = scan_fwd_seq_kernel
+        args = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out,
+                pr.opt(pr.idx))
+        scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg, pr.K, float(out_scale),
+                   *pr.su, *pr.sdt, *pr.sz, *s_out, *pr.sB, *pr.sC)
+        extra = dict(OUT_ATOMIC=out_atomic)
+    else:
+        assert pr.K == 1 and pr.idx is None and not out_atomic, "the chunked kernels scan one direction"
+        kernel = scan_fwd_kernel
+        args = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out)
+        scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg,
+                   pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_out[0], s_out[1],
+                   *pr.sB[:3], *pr.sC[:3])
+        extra = {}
+    common = dict(pr.flags(), num_warps=p["warps"], **extra)
+    if p["n_seg"] > 1:
+        loc = torch.zeros(bk, 2 * p["n_seg"], pr.dim, pr.N, device=dev, dtype=torch.float32)
+        kernel[grid](*args, loc, dtsum, *scalars, loc.stride(0), loc.stride(1), MODE=1, SAVE_ALL=False, **common)
+        _combine(states, loc, dtsum, pr, save, reverse=False)
+    kernel[grid](*args, states, dtsum, *scalars, states.stride(0), states.stride(1), MODE=0, SAVE_ALL=save,
+                 **common)
+    last = states[:, p["n_chunks"]] if save else states[:, (p["n_seg"] - 1) * 2 + p["n_chunks"] % 2]
+    return states, dtsum, last
+
+
+def _combine(states, loc, dtsum, pr, save, reverse):
+    p, blk = pr.p, 256
+    segment_combine_kernel[(triton.cdiv(pr.dim * pr.N, blk), pr.b * pr.K)](
+        states, loc, dtsum, pr.A32, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.K,
+        states.stride(0), states.stride(1), loc.stride(0), loc.stride(1),
+        BLOCK=blk, SAVE_ALL=save, REVERSE=reverse)
+
+
+def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_atomic=False):
+    """Run the backward kernels. Returns per-input gradient buffers (float32 partial sums for
+    A, D, delta_bias and B/C, reduced by the caller) and the carry buffer (its slot 1 is the
+    gradient of the initial state)."""
+    p, dev, bk, dim, N, L = pr.p, pr.u.device, pr.b * pr.K, pr.dim, pr.N, pr.L
+    n_seg, n_chunks = p["n_seg"], p["n_chunks"]
+    seq = p["kind"] == "sequential"
+    f32 = dict(device=dev, dtype=torch.float32)
+    carry = torch.zeros(bk, 2 * n_seg, dim, N, **f32)
+    if dlast is not None:
+        carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
+    du = torch.zeros(pr.u.shape, **f32) if du_atomic else torch.empty_like(pr.u)
+    ddelta = torch.empty_like(pr.delta)
+    dz = torch.empty_like(pr.z) if pr.z is not None else None
+    dA = torch.empty(bk, n_seg, dim, N, **f32)
+    dD = torch.empty(bk, n_seg, dim, **f32)
+    dbias = torch.empty(bk, n_seg, dim, **f32)
+    bpg = max(1, pr.cpg // p["bd"]) if p["single"] else 1
+    n_rows = pr.K if pr.K > 1 else None   # per-direction B/C: the direction axis takes the group's place
+
+    def grad_buf(vary, X):
+        if not vary:
+            return torch.empty(bk, n_seg, dim, N, **f32)
+        return (torch.empty if p["single"] else torch.zeros)(bpg if p["single"] else 1, *X.shape, **f32)
+    dB, dC = grad_buf(pr.B_vary, pr.B), grad_buf(pr.C_vary, pr.C)
+    pbuf = dB if pr.B_vary else (dC if pr.C_vary else None)
+    if pbuf is not None:
+        ps = (pbuf.stride(0), pbuf.stride(1), pbuf.stride(2), 0 if n_rows else pbuf.stride(3),
+              pbuf.stride(3) if n_rows else 0)
+    else:
+        ps = (0, 0, 0, 0, 0)
+    if pr.B_vary and pr.C_vary:
+        assert dB.stride() == dC.stride()
+    grid = (p["n_blk"], bk, n_seg)
+    common = dict(pr.flags(), num_warps=p["bwarps"])
+    zz = pr.opt(pr.z)
+    ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), dout)
+    outs = (du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC)
+    if seq:
+        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic)
+        scratch = torch.empty(bk * p["n_blk"] * n_seg * (p["sub"] + p["bt"] // p["sub"]) * p["bn"] * p["bd"], **f32)
+        scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg, pr.K, float(dout_scale),
+                   *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC)
+    else:
+        assert pr.K == 1 and pr.idx is None and not du_atomic and dout_scale == 1.0
+        common["BLOCK_N"] = p["bn"]
+        scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg,
+                   pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_dout[0], s_dout[1],
+                   *pr.sB[:3], *pr.sC[:3])
+
+    def launch(mode, carry_buf):
+        if seq:
+            scan_bwd_seq_kernel[grid](*ins, pr.opt(pr.idx), states, carry_buf, scratch, *outs, *scalars,
+                                      states.stride(0), states.stride(1), carry_buf.stride(0), carry_buf.stride(1),
+                                      *ps, MODE=mode, **common)
+        else:
+            scan_bwd_kernel[grid](*ins, states, carry_buf, *outs, *scalars,
+                                  states.stride(0), states.stride(1), carry_buf.stride(0), carry_buf.stride(1),
+                                  *ps[:4], MODE=mode, **common)
+    if n_seg > 1:
+        loc = torch.zeros_like(carry)
+        launch(1, loc)
+        _combine(carry, loc, dtsum, pr, False, reverse=True)
+    launch(0, carry)
+    return dict(du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC, carry=carry)
+
+
+def _param_grad(buf, pr, shape, dtype):
+    """Sum a (batch * K, segments, ...) partial buffer over batch and segments, per direction."""
+    return buf.reshape(pr.b, pr.K, *buf.shape[1:]).sum((0, 2)).reshape(shape).to(dtype)
+
+
+def _bc_grad(vary, buf, pr, X):
+    if vary:
+        return buf.sum(0).to(X.dtype).reshape(X.shape)
+    return _param_grad(buf, pr, X.shape, X.dtype)
 
 
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, out_dtype):
         b, L, dim = u.shape
-        N = A.shape[1]
         u, delta = u.contiguous(), delta.contiguous()   # the kernels index u-shaped outputs like u
         z = z.contiguous() if z is not None else None
         B, C = _c(B), _c(C)
-        A32 = A.float().contiguous()
-        D32 = D.float().contiguous() if D is not None else None
-        bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
-        B_vary, C_vary = B.dim() == 4, C.dim() == 4
-        G = B.shape[2] if B_vary else (C.shape[2] if C_vary else 1)
-        if B_vary and C_vary and B.shape[2] != C.shape[2]:
-            G = 0
-        cpg = dim // G if G else 1
-        if not G:  # B and C with different group counts: fall back to one channel per "group"
-            G, cpg = dim, 1
-            B = B.repeat_interleave(dim // B.shape[2], 2) if B_vary else B
-            C = C.repeat_interleave(dim // C.shape[2], 2) if C_vary else C
-        p = _plan(L, dim, b, N, cpg, u.device)
-        seq = p["kind"] == "sequential"
-        fwd_kernel = scan_fwd_seq_kernel if seq else scan_fwd_kernel
+        if B.dim() == 4 and C.dim() == 4 and B.shape[2] != C.shape[2]:
+            # B and C with different group counts: one channel per "group" for both
+            B = B.repeat_interleave(dim // B.shape[2], 2)
+            C = C.repeat_interleave(dim // C.shape[2], 2)
+        A32 = A.float().contiguous()[None]
+        D32 = D.float().contiguous()[None] if D is not None else None
+        bias32 = delta_bias.float().contiguous()[None] if delta_bias is not None else None
+        pr = _Problem(u, delta, A32, B, C, D32, z, bias32, softplus)
         save = torch.is_grad_enabled() or any(ctx.needs_input_grad)
-        n_slots = p["n_chunks"] + 1 if save else 2 * p["n_seg"]
-        states = torch.zeros(b, n_slots, dim, N, device=u.device, dtype=torch.float32)
-        if initial_state is not None:
-            states[:, 0] = initial_state.float()
         out = torch.empty(b, L, dim, device=u.device, dtype=out_dtype)
-        dtsum = torch.empty(b, p["n_seg"], dim, device=u.device, dtype=torch.float32)
-        grid = (p["n_blk"], b, p["n_seg"])
-        sB, sC = _bc_strides(B, B_vary), _bc_strides(C, C_vary)
-        common = dict(BLOCK_T=p["bt"], BLOCK_D=p["bd"], HAS_D=D is not None, HAS_Z=z is not None,
-                      HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), B_VARY=B_vary, C_VARY=C_vary,
-                      SINGLE_GROUP=p["single"], num_warps=p["warps"])
-        if seq:
-            common.update(BLOCK_N=p["bn"], EVEN_N=p["bn"] == N, FAST_EXP=u.is_cuda)
-        zz = z if z is not None else u
-        args_tail = (L, dim, N, p["n_chunks"], p["cps"], p["n_seg"], cpg,
-                     u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-                     out.stride(0), out.stride(1), *sB, *sC)
-        dummy = A32
-        if p["n_seg"] > 1:
-            loc = torch.zeros(b, 2 * p["n_seg"], dim, N, device=u.device, dtype=torch.float32)
-            fwd_kernel[grid](u, delta, A32, B, C, D32 if D32 is not None else dummy, zz,
-                             bias32 if bias32 is not None else dummy, out, loc, dtsum, *args_tail,
-                             loc.stride(0), loc.stride(1), MODE=1, SAVE_ALL=False, **common)
-            blk = 256
-            segment_combine_kernel[(triton.cdiv(dim * N, blk), b)](
-                states, loc, dtsum, A32, dim, N, p["n_chunks"], p["cps"], p["n_seg"],
-                states.stride(0), states.stride(1), loc.stride(0), loc.stride(1),
-                BLOCK=blk, SAVE_ALL=save, REVERSE=False)
-        fwd_kernel[grid](u, delta, A32, B, C, D32 if D32 is not None else dummy, zz,
-                         bias32 if bias32 is not None else dummy, out, states, dtsum, *args_tail,
-                         states.stride(0), states.stride(1), MODE=0, SAVE_ALL=save, **common)
-        last = states[:, p["n_chunks"]] if save else states[:, (p["n_seg"] - 1) * 2 + p["n_chunks"] % 2]
+        states, dtsum, last = _forward(pr, out, (out.stride(0), out.stride(1), 0),
+                                       initial_state=initial_state, save=save)
         last = last.clone()
         if save:
             ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, states, dtsum)
-            ctx.meta = (softplus, p, cpg, G, initial_state is not None, A.dtype,
+            ctx.meta = (softplus, initial_state is not None, A.dtype,
                         None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A32, B, C, D32, z, bias32, states, dtsum = ctx.saved_tensors
-        softplus, p, cpg, G, has_init, A_dtype, D_dtype, bias_dtype = ctx.meta
-        b, L, dim = u.shape
-        N = A32.shape[1]
-        B_vary, C_vary = B.dim() == 4, C.dim() == 4
+        softplus, has_init, A_dtype, D_dtype, bias_dtype = ctx.meta
+        pr = _Problem(u, delta, A32, B, C, D32, z, bias32, softplus)
         dout = dout.contiguous()
-        n_seg, n_chunks, cps = p["n_seg"], p["n_chunks"], p["cps"]
-        bt, bd, warps = p["bt"], p["bd"], p["bwarps"]
-        seq = p["kind"] == "sequential"
-        n_blk = p["n_blk"]
-        dev = u.device
-        carry = torch.zeros(b, 2 * n_seg, dim, N, device=dev, dtype=torch.float32)
-        if dlast is not None:
-            carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        f32 = dict(device=dev, dtype=torch.float32)
-        dA = torch.empty(b, n_seg, dim, N, **f32)
-        dD = torch.empty(b, n_seg, dim, **f32)
-        dbias = torch.empty(b, n_seg, dim, **f32)
-        blocks_per_group = max(1, cpg // bd) if p["single"] else 1
-
-        def grad_buf(vary, X):
-            if not vary:
-                return torch.empty(b, n_seg, dim, N, **f32)
-            if p["single"]:
-                return torch.empty(blocks_per_group, b, L, X.shape[2], N, **f32)
-            return torch.zeros(1, b, L, X.shape[2], N, **f32)
-        dB, dC = grad_buf(B_vary, B), grad_buf(C_vary, C)
-        pbuf = dB if B_vary else (dC if C_vary else dA)
-        ps = (pbuf.stride(0), pbuf.stride(1), pbuf.stride(2), pbuf.stride(3)) if pbuf.dim() == 5 else (0, 0, 0, 0)
-        if B_vary and C_vary:
-            assert dB.stride() == dC.stride()
-        sB, sC = _bc_strides(B, B_vary), _bc_strides(C, C_vary)
-        zz = z if z is not None else u
-        dummy = A32
-        common = dict(BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=p["bn"], HAS_D=D32 is not None,
-                      HAS_Z=z is not None, HAS_BIAS=bias32 is not None, SOFTPLUS=bool(softplus),
-                      B_VARY=B_vary, C_VARY=C_vary, SINGLE_GROUP=p["single"], num_warps=warps)
-        grid = (n_blk, b, n_seg)
-        if seq:
-            common.update(SUB=p["sub"], EVEN_N=p["bn"] == N, FAST_EXP=u.is_cuda)
-            scratch = torch.empty(b * n_blk * n_seg * (p["sub"] + bt // p["sub"]) * p["bn"] * bd, **f32)
-
-        def launch(mode, carry_buf):
-            kernel, extra = (scan_bwd_seq_kernel, (scratch,)) if seq else (scan_bwd_kernel, ())
-            kernel[grid](
-                u, delta, A32, B, C, D32 if D32 is not None else dummy, zz,
-                bias32 if bias32 is not None else dummy, dout, states, carry_buf, *extra,
-                du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC,
-                L, dim, N, n_chunks, cps, n_seg, cpg, blocks_per_group,
-                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-                dout.stride(0), dout.stride(1), *sB, *sC,
-                states.stride(0), states.stride(1), carry_buf.stride(0), carry_buf.stride(1), *ps,
-                MODE=mode, **common)
-        if n_seg > 1:
-            loc = torch.zeros_like(carry)
-            launch(1, loc)
-            blk = 256
-            segment_combine_kernel[(triton.cdiv(dim * N, blk), b)](
-                carry, loc, dtsum, A32, dim, N, n_chunks, cps, n_seg,
-                carry.stride(0), carry.stride(1), loc.stride(0), loc.stride(1),
-                BLOCK=blk, SAVE_ALL=False, REVERSE=True)
-        launch(0, carry)
-        ndone = ctx.needs_input_grad
-        dA_out = dA.sum((0, 1)).to(A_dtype) if ndone[2] else None
-
-        def finish(vary, buf, X):
-            if vary:
-                return buf.sum(0).to(X.dtype).reshape(X.shape)
-            return buf.sum((0, 1)).to(X.dtype)
-        dB_out = finish(B_vary, dB, B) if ndone[3] else None
-        dC_out = finish(C_vary, dC, C) if ndone[4] else None
-        dD_out = dD.sum((0, 1)).to(D_dtype) if (D32 is not None and ndone[5]) else None
-        dbias_out = dbias.sum((0, 1)).to(bias_dtype) if (bias32 is not None and ndone[7]) else None
-        dinit = carry[:, 1].clone() if (has_init and ndone[9]) else None
-        return du, ddelta, dA_out, dB_out, dC_out, dD_out, dz, dbias_out, None, dinit, None
+        g = _backward(pr, states, dtsum, dout, (dout.stride(0), dout.stride(1), 0), dlast=dlast)
+        nd = ctx.needs_input_grad
+        dim, N = pr.dim, pr.N
+        return (g["du"], g["ddelta"],
+                _param_grad(g["dA"], pr, (dim, N), A_dtype) if nd[2] else None,
+                _bc_grad(pr.B_vary, g["dB"], pr, B) if nd[3] else None,
+                _bc_grad(pr.C_vary, g["dC"], pr, C) if nd[4] else None,
+                _param_grad(g["dD"], pr, (dim,), D_dtype) if (D32 is not None and nd[5]) else None,
+                g["dz"],
+                _param_grad(g["dbias"], pr, (dim,), bias_dtype) if (bias32 is not None and nd[7]) else None,
+                None,
+                g["carry"][:, 1].clone() if (has_init and nd[9]) else None,
+                None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, out_dtype):

@@ -127,5 +127,6 @@ def multi_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, 
             multi_scan_triton = None
         if multi_scan_triton is not None:
             out = multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge)
-            return out.to(u.dtype)
+            if out is not None:     # None: a case the fused kernels do not cover (N > 32)
+                return out.to(u.dtype)
     return multi_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge, backend)

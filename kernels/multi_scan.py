@@ -1,0 +1,93 @@
+"""Host side of the fused multi-direction scan: K scan orders of one grid in one launch.
+
+The sequential scan kernels (scan_seq.py) run with the batch grid axis over (batch, direction)
+pairs. Direction k reads its tokens through row k of the index map (one scalar load per step,
+prefetched with the rest), uses its own A[k], D[k], delta_bias[k], and writes straight into
+grid order: for merge 'sum' / 'mean' it adds into one float32 (batch, L, d) output with
+atomics, for 'concat' it stores its slice of (batch, L, K, d). No permuted copy of u, delta,
+B or C and no per-direction output is ever written. Backward mirrors this; when u is shared
+by the directions its gradient is accumulated the same way.
+
+The chunked kernels (N > SEQ_MAX_N) scan one direction at a time only: such calls return
+None and ``vscan.ops.multi_scan`` takes the reference path.
+"""
+from __future__ import annotations
+
+import torch
+
+from .selective_scan import SEQ_MAX_N, _backward, _bc_grad, _forward, _kernel_kind, _param_grad, _Problem
+
+
+def _out_layout(merge, b, L, K, d, device, dtype):
+    """Output buffer, its (batch, row, direction) strides and whether directions add atomically."""
+    if merge == "concat":
+        out = torch.empty(b, L, K, d, device=device, dtype=dtype)
+        return out, (out.stride(0), out.stride(1), out.stride(2)), False
+    out = torch.zeros(b, L, d, device=device, dtype=torch.float32)
+    return out, (out.stride(0), out.stride(1), 0), True
+
+
+class _MultiScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus, idx, merge):
+        b, L = u.shape[:2]
+        K, d, _ = A.shape
+        u, delta = u.contiguous(), delta.contiguous()
+        B, C = B.contiguous(), C.contiguous()
+        A32 = A.float().contiguous()
+        D32 = D.float().contiguous() if D is not None else None
+        bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
+        per_dir = u.dim() == 4
+        pr = _Problem(u, delta, A32, B, C, D32, None, bias32, softplus, idx=idx, u_per_dir=per_dir,
+                      bc_per_dir=True)
+        save = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        out, s_out, atomic = _out_layout(merge, b, L, K, d, u.device, u.dtype)
+        scale = 1.0 / K if merge == "mean" else 1.0
+        states, dtsum, _ = _forward(pr, out, s_out, out_atomic=atomic, out_scale=scale, save=save)
+        if save:
+            ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, idx, states, dtsum)
+            ctx.meta = (softplus, merge, A.dtype, None if D is None else D.dtype,
+                        None if delta_bias is None else delta_bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A32, B, C, D32, bias32, idx, states, dtsum = ctx.saved_tensors
+        softplus, merge, A_dtype, D_dtype, bias_dtype = ctx.meta
+        per_dir = u.dim() == 4
+        pr = _Problem(u, delta, A32, B, C, D32, None, bias32, softplus, idx=idx, u_per_dir=per_dir,
+                      bc_per_dir=True)
+        dout = dout.contiguous()
+        if merge == "concat":
+            s_dout, scale = (dout.stride(0), dout.stride(1), dout.stride(2)), 1.0
+        else:
+            s_dout, scale = (dout.stride(0), dout.stride(1), 0), (1.0 / pr.K if merge == "mean" else 1.0)
+        g = _backward(pr, states, dtsum, dout, s_dout, dout_scale=scale, du_atomic=not per_dir)
+        nd = ctx.needs_input_grad
+        K, dim, N = pr.K, pr.dim, pr.N
+        du = g["du"].to(u.dtype) if not per_dir else g["du"]
+        return (du, g["ddelta"],
+                _param_grad(g["dA"], pr, (K, dim, N), A_dtype) if nd[2] else None,
+                _bc_grad(True, g["dB"], pr, B) if nd[3] else None,
+                _bc_grad(True, g["dC"], pr, C) if nd[4] else None,
+                _param_grad(g["dD"], pr, (K, dim), D_dtype) if (D32 is not None and nd[5]) else None,
+                _param_grad(g["dbias"], pr, (K, dim), bias_dtype) if (bias32 is not None and nd[6]) else None,
+                None, None, None)
+
+
+def fused_supported(N: int) -> bool:
+    """The fused path needs the sequential kernels (state size N <= SEQ_MAX_N)."""
+    try:
+        return N <= SEQ_MAX_N and _kernel_kind(N) == "sequential"
+    except ValueError:
+        return False
+
+
+def multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge):
+    """Canonical arguments of ``vscan.ops.multi_scan`` (already checked there). Returns the merged
+    output (float32 for 'sum' / 'mean', u's dtype for 'concat'), or None when the fused path
+    does not cover the call (then the caller takes the reference path)."""
+    if not fused_supported(A.shape[-1]):
+        return None
+    idx = index.to(torch.int32).contiguous()
+    return _MultiScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, idx, merge)
