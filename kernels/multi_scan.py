@@ -44,6 +44,7 @@ class _MultiScanFn(torch.autograd.Function):
         out, s_out, atomic = _out_layout(merge, b, L, K, d, u.device, u.dtype)
         scale = 1.0 / K if merge == "mean" else 1.0
         states, dtsum, _ = _forward(pr, out, s_out, out_atomic=atomic, out_scale=scale, save=save)
+        out = out.to(u.dtype)     # in here, so backward gets dout in u's dtype (half the bytes of float32)
         if save:
             ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, idx, states, dtsum)
             ctx.meta = (softplus, merge, A.dtype, None if D is None else D.dtype,
@@ -85,7 +86,7 @@ def fused_supported(N: int) -> bool:
 
 def multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge):
     """Canonical arguments of ``vscan.ops.multi_scan`` (already checked there). Returns the merged
-    output (float32 for 'sum' / 'mean', u's dtype for 'concat'), or None when the fused path
+    output in u's dtype (accumulated in float32), or None when the fused path
     does not cover the call (then the caller takes the reference path)."""
     if not fused_supported(A.shape[-1]):
         return None

@@ -265,12 +265,15 @@ def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A
 @triton.jit
 def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg,
                   VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
-    """dB or dC at one step from the [BLOCK_N, BLOCK_D] tile g: summed over this channel block and
-    written once per (block, t); added atomically when the block straddles groups; for constant
-    B/C summed over time into the register accumulator, which is returned."""
+    """dB or dC at one step (row t) from the [BLOCK_N, BLOCK_D] tile g: summed over this channel
+    block and added atomically into one float32 (batch, L, groups, N) buffer (one add per state
+    when the block lies in one group, per element when it straddles groups); for constant B/C
+    summed over time into the register accumulator, which is returned. One buffer instead of a
+    partial sum per channel block: at N = 16 those partials were the largest allocation of the
+    backward (e.g. 2 x 616 MB for a VMamba-T stage-1 layer at batch 128)."""
     if VARY:
         if SINGLE_GROUP:
-            tl.store(ptr + blk_in_group * s_pk + t * s_pl + g0 * s_pg + offs_n, tl.sum(g, axis=1), mask=nmask)
+            tl.atomic_add(ptr + t * s_pl + g0 * s_pg + offs_n, tl.sum(g, axis=1), mask=nmask)
         else:
             tl.atomic_add(ptr + t * s_pl + g_d[None, :] * s_pg + offs_n[:, None], g,
                           mask=nmask[:, None] & dmask[None, :])

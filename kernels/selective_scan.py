@@ -226,13 +226,15 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     dA = torch.empty(bk, n_seg, dim, N, **f32)
     dD = torch.empty(bk, n_seg, dim, **f32)
     dbias = torch.empty(bk, n_seg, dim, **f32)
-    bpg = max(1, pr.cpg // p["bd"]) if p["single"] else 1
+    # the chunked kernels write one dB/dC partial per channel block of a group (summed below);
+    # the sequential ones add into a single buffer
+    bpg = max(1, pr.cpg // p["bd"]) if (p["single"] and not seq) else 1
     n_rows = pr.K if pr.K > 1 else None   # per-direction B/C: the direction axis takes the group's place
 
     def grad_buf(vary, X):
         if not vary:
             return torch.empty(bk, n_seg, dim, N, **f32)
-        return (torch.empty if p["single"] else torch.zeros)(bpg if p["single"] else 1, *X.shape, **f32)
+        return (torch.empty if (p["single"] and not seq) else torch.zeros)(bpg, *X.shape, **f32)
     dB, dC = grad_buf(pr.B_vary, pr.B), grad_buf(pr.C_vary, pr.C)
     pbuf = dB if pr.B_vary else (dC if pr.C_vary else None)
     if pbuf is not None:

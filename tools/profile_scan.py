@@ -1,0 +1,71 @@
+"""Profile one selective-scan forward+backward on a GPU: compiled resources of each Triton
+kernel (registers, spills, shared memory) and, under Nsight Compute, its stall reasons.
+
+    python tools/profile_scan.py --shape long                 # resources + timing
+    ncu --clock-control none -k regex:scan_ -c 4 --section WarpStateStats --section Occupancy \\
+        --section LaunchStats --section SpeedOfLight python tools/profile_scan.py --shape long --once
+
+Shapes as in tools/bench_scan.py (bf16 u/delta/B/C/z, softplus and z on, one group).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_common import bench_ms  # noqa: E402
+from bench_scan import SHAPES, make_inputs, run_scan, with_grad  # noqa: E402
+
+
+def _compiled(obj, depth=0):
+    """Compiled kernels found anywhere in a JITFunction's caches (their layout differs across
+    Triton versions)."""
+    if hasattr(obj, "n_regs"):
+        yield obj
+    elif depth < 4 and isinstance(obj, dict):
+        for v in obj.values():
+            yield from _compiled(v, depth + 1)
+    elif depth < 4 and isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _compiled(v, depth + 1)
+
+
+def kernel_resources():
+    """(name, registers, spills, shared bytes) of every compiled variant of the scan kernels."""
+    from vscan.kernels import scan_seq
+    rows = []
+    for name in ("scan_fwd_seq_kernel", "scan_bwd_seq_kernel"):
+        k = getattr(scan_seq, name)
+        for ck in _compiled(getattr(k, "device_caches", None) or getattr(k, "cache", {})):
+            rows.append((name, ck.n_regs, ck.n_spills, getattr(ck.metadata, "shared", None)))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="long", choices=list(SHAPES))
+    ap.add_argument("--once", action="store_true", help="one forward+backward only (for ncu)")
+    args = ap.parse_args(argv)
+    (b, d, L, N), _, _ = SHAPES[args.shape]
+    inp = make_inputs(b, d, L, N)
+    x = with_grad(inp)
+    gy = torch.randn(b, L, d, device="cuda", dtype=torch.bfloat16)
+
+    def fb():
+        y = run_scan(x, "triton")
+        torch.autograd.grad(y, list(x.values()), gy)
+    fb()
+    torch.cuda.synchronize()
+    if args.once:
+        return 0
+    for row in kernel_resources():
+        print("kernel %s: registers %s, spills %s, shared %s" % row)
+    print(f"{args.shape}: fwd {bench_ms(lambda: run_scan(inp, 'triton')):.3f} ms, fwd+bwd {bench_ms(fb):.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
