@@ -65,10 +65,29 @@ class MultiDirSSM(nn.Module):
         else:                 # per-direction input (b, L, K, d): K GEMMs in one einsum
             x_dbl = torch.einsum("blkd,krd->blkr", u, self.x_proj_weight)
         dt, B, C = x_dbl.split([R, N, N], dim=-1)
-        delta = torch.einsum("blkr,kdr->blkd", dt, self.dt_proj_weight)
+        delta = _per_direction_linear(dt, self.dt_proj_weight)
         A = -torch.exp(self.A_log.float())
         return multi_scan(u, delta, A, B, C, self.D.float(), delta_bias=self.dt_proj_bias.float(),
                           delta_softplus=True, index=index, merge=merge)
+
+
+def _per_direction_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``einsum('blkr,kdr->blkd', x, weight)`` into a contiguous (b, L, K, d) tensor.
+
+    The einsum's result is a permuted view of a (K, b*L, d) product, which the scan kernels copy
+    to make contiguous: two delta-sized tensors at once. Here each direction's product is
+    written straight into its slice of one buffer (a (b, L, d) temporary at a time)."""
+    b, L, K, _ = x.shape
+    if K == 1:
+        return F.linear(x, weight[0])
+    out = None
+    for k in range(K):
+        yk = F.linear(x[:, :, k], weight[k])
+        if out is None:
+            out = yk.new_empty(b, L, K, yk.shape[-1])
+        out[:, :, k] = yk
+        del yk
+    return out
 
 
 def _dt_rank(dt_rank, d_model: int) -> int:

@@ -66,8 +66,25 @@ class VimBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid_shape: Tuple[int, ...]) -> torch.Tensor:
-        h = self.norm(x).to(self.norm.weight.dtype)
-        return x + self.drop_path(self.mixer(h, grid_shape)).to(x.dtype)
+        h = self.norm(x).to(_mixer_input_dtype(self.mixer, x.device, self.norm.weight.dtype))
+        m = self.drop_path(self.mixer(h, grid_shape))
+        del h
+        if torch.promote_types(x.dtype, m.dtype) == x.dtype:
+            return x + m              # promotes m exactly as m.to(x.dtype) would, without the copy
+        return x + m.to(x.dtype)
+
+
+def _mixer_input_dtype(mixer: nn.Module, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype to hand the mixer its normalised input in: the autocast dtype when autocast is on
+    and the mixer declares ``input_autocast_safe`` (it only feeds its input to autocast-cast
+    linears, so the result is the same and the held copy is half the size); else ``dtype``."""
+    if not (getattr(mixer, "input_autocast_safe", False) and dtype == torch.float32):
+        return dtype
+    try:
+        on = torch.is_autocast_enabled(device.type)
+    except RuntimeError:          # a device type without autocast (meta)
+        return dtype
+    return torch.get_autocast_dtype(device.type) if on else dtype
 
 
 @register_notrace_function
