@@ -29,6 +29,10 @@ BWD_TILE = (32, 16, 2)
 # BLOCK_D = 32 * num_warps. Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D]" (a smaller
 # BLOCK_D gives tests several channel blocks on tiny shapes).
 SEQ_TILE = (64, 1, 8, 16)
+# Sequential backward: (prefetch B/C one step ahead in the reverse pass, register cap or 0 for
+# none). Overridable with VSCAN_SCAN_BWD="P,R". Without a cap the reverse pass takes all 255
+# registers (8 warps per SM on an H100/H200); see results/bench_scan_h200.md.
+SEQ_BWD = (1, 0)
 
 
 def _kernel_kind(N: int) -> str:
@@ -48,6 +52,12 @@ def _tiles():
         f, b = env.split(";")
         return tuple(map(int, f.split(","))), tuple(map(int, b.split(",")))
     return FWD_TILE, BWD_TILE
+
+
+def _seq_bwd():
+    env = os.environ.get("VSCAN_SCAN_BWD")
+    prefetch, maxnreg = tuple(map(int, env.split(","))) if env else SEQ_BWD
+    return bool(prefetch), maxnreg
 
 
 def _seq_tile():
@@ -250,7 +260,10 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), dout)
     outs = (du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC)
     if seq:
-        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic)
+        prefetch, maxnreg = _seq_bwd()
+        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch)
+        if maxnreg:
+            common["maxnreg"] = maxnreg
         scratch = torch.empty(bk * p["n_blk"] * n_seg * (p["sub"] + p["bt"] // p["sub"]) * p["bn"] * p["bd"], **f32)
         scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg, pr.K, float(dout_scale),
                    *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC)

@@ -133,6 +133,10 @@ def main(argv=None):
     ap.add_argument("--sweep", action="store_true", help="also time a few other sequential-kernel tiles")
     ap.add_argument("--no-ref", action="store_true", help="skip timing the PyTorch reference")
     ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--bwd-variants", default="",
+                    help="sequential backward variants to time too, 'P,R;P,R' (VSCAN_SCAN_BWD: B/C prefetch 0/1, "
+                         "register cap or 0)")
+    ap.add_argument("--no-chunked", action="store_true", help="skip the chunked kernels")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_scan needs a CUDA GPU (the reference alone is timed by the CPU tests)")
@@ -143,11 +147,16 @@ def main(argv=None):
     report["ceilings"] = dict(copy_TBps=bw / 1e12, exp2_Tps=exprate / 1e12)
     print("ceilings", report["ceilings"], flush=True)
     ok = True
-    for kind in ("sequential", "chunked"):
+    gates = [("sequential", ""), ("chunked", "")] + [("sequential", v) for v in args.bwd_variants.split(";") if v]
+    for kind, bwd in gates:
         os.environ["VSCAN_SCAN_KERNEL"] = kind
+        os.environ.pop("VSCAN_SCAN_BWD", None)
+        if bwd:
+            os.environ["VSCAN_SCAN_BWD"] = bwd
         sub = {}
         ok &= check_correctness(sub)
-        report.setdefault("correctness", {})[kind] = sub["correctness"]
+        report.setdefault("correctness", {})[kind + (f" bwd {bwd}" if bwd else "")] = sub["correctness"]
+    os.environ.pop("VSCAN_SCAN_BWD", None)
     if not ok:
         print("CORRECTNESS FAILED: not timing")
         write_json(args.out, report)
@@ -155,16 +164,19 @@ def main(argv=None):
     names = [n for n in args.shapes.split(",") if n]
     # (kernel family, VSCAN_SCAN_SEQ tile): the default sequential kernels, the chunked ones for
     # comparison in the same run, and with --sweep other sequential tiles (T, warps, SUB, programs/SM)
-    configs = [("sequential", None), ("chunked", None)]
+    configs = [("sequential", None)] + ([] if args.no_chunked else [("chunked", None)])
     if args.sweep:
         configs += [("sequential", t) for t in ("64,2,8,8", "64,1,16,16", "64,1,8,32", "64,4,8,4", "32,1,8,16")]
+    configs += [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
     rows = []
     for kind, tile in configs:
         os.environ["VSCAN_SCAN_KERNEL"] = kind
-        if tile:
+        os.environ.pop("VSCAN_SCAN_SEQ", None)
+        os.environ.pop("VSCAN_SCAN_BWD", None)
+        if tile and tile.startswith("bwd:"):
+            os.environ["VSCAN_SCAN_BWD"] = tile[4:]
+        elif tile:
             os.environ["VSCAN_SCAN_SEQ"] = tile
-        else:
-            os.environ.pop("VSCAN_SCAN_SEQ", None)
         for name in names:
             shape, cuda_fwd, cuda_all = SHAPES[name]
             r = time_shape(name, shape, with_ref=(kind == "sequential" and tile is None and not args.no_ref))
