@@ -80,15 +80,27 @@ def env_stamp(device: torch.device, args) -> dict:
     return d
 
 
-def build(name: str, img_size: int, device, precision: str, channels_last: bool):
+def parse_model_spec(spec: str):
+    """'name' or 'name:{json kwargs}' (e.g. a Vim with ``{"mixer_kwargs": {"infer_chunk_tokens": 0}}``)."""
+    name, _, kw = spec.partition(":")
+    if not kw:
+        return name, {}
+    kwargs = json.loads(kw)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--models: expected name:{{json object}}, got {spec!r}")
+    return name, kwargs
+
+
+def build(spec: str, img_size: int, device, precision: str, channels_last: bool):
     """The model for one case (built for ``img_size`` when its constructor takes it)."""
     import timm
 
     import vscan  # noqa: F401
+    name, kwargs = parse_model_spec(spec)
     try:
-        model = timm.create_model(name, img_size=img_size, num_classes=1000)
+        model = timm.create_model(name, img_size=img_size, num_classes=1000, **kwargs)
     except TypeError:                       # fully convolutional: any size without rebuilding
-        model = timm.create_model(name, num_classes=1000)
+        model = timm.create_model(name, num_classes=1000, **kwargs)
     model = model.to(device)
     if precision == "bf16":
         model = model.to(torch.bfloat16)
@@ -205,7 +217,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file for the results")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, 1 warm-up + 2 timed iterations")
-    p.add_argument("--models", nargs="*", default=None, help="default: 3 vscan + 4 timm models")
+    p.add_argument("--models", nargs="*", default=None,
+                   help="default: 3 vscan + 4 timm models; 'name:{json kwargs}' passes constructor keywords")
     p.add_argument("--case", nargs="*", default=None, help="e.g. infer:224:128 train:224:64")
     p.add_argument("--precision", choices=("amp", "bf16"), default="amp")
     p.add_argument("--channels-last", action="store_true")
