@@ -84,7 +84,7 @@ def _per_direction_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     for k in range(K):
         yk = F.linear(x[:, :, k], weight[k])
         if out is None:
-            out = yk.new_empty(b, L, K, yk.shape[-1])
+            out = yk.new_empty((b, L, K, yk.shape[-1]))   # a tuple: MONAI MetaTensor needs one
         out[:, :, k] = yk
         del yk
     return out

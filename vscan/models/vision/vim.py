@@ -66,11 +66,15 @@ class VimBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid_shape: Tuple[int, ...]) -> torch.Tensor:
-        h = self.norm(x).to(_mixer_input_dtype(self.mixer, x.device, self.norm.weight.dtype))
+        h = self.norm(x)
+        if not isinstance(x, torch.fx.Proxy):    # under FX tracing (timm's features) dtypes are symbolic
+            h = h.to(_mixer_input_dtype(self.mixer, x.device, self.norm.weight.dtype))
         m = self.drop_path(self.mixer(h, grid_shape))
         del h
-        if torch.promote_types(x.dtype, m.dtype) == x.dtype:
-            return x + m              # promotes m exactly as m.to(x.dtype) would, without the copy
+        # x + m in x's dtype (the float32 residual stream); when x's dtype already wins the type
+        # promotion, m is promoted inside the add, without a float32 copy of it
+        if not isinstance(x, torch.fx.Proxy) and torch.promote_types(x.dtype, m.dtype) == x.dtype:
+            return x + m
         return x + m.to(x.dtype)
 
 
