@@ -85,19 +85,11 @@ INDUCTION_LENGTHS = (512, 1024, 2048, 4096)
 
 
 def bootstrap():
-    """Make ``import vscan`` (and its Triton kernels, ``vscan.kernels`` = the top-level
-    kernels/ folder) work from a plain checkout, as on the GPU machine where vscan is not
-    installed."""
+    """Make ``import vscan`` work from a plain checkout, as on the GPU machine where vscan is not
+    installed (``import vscan`` maps the top-level kernels/ folder to ``vscan.kernels`` itself)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     import vscan  # noqa: F401
-    if "vscan.kernels" in sys.modules or importlib.util.find_spec("vscan.kernels") is not None:
-        return
-    spec = importlib.util.spec_from_file_location("vscan.kernels", ROOT / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "kernels")])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["vscan.kernels"] = mod
-    spec.loader.exec_module(mod)
 
 
 # ----------------------------------------------------------------------------- the grid
