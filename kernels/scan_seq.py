@@ -19,7 +19,15 @@ per sub-chunk (reversed) recompute its SUB states into the scratch and walk it b
 scratch is (SUB + BLOCK_T / SUB) state tiles per program, written and re-read by the same
 thread within a few steps (it stays in L1/L2); nothing of size batch*length*channels*N exists.
 dB and dC, when time-varying, are summed over the channel block at every step (cross-lane
-reductions); batching that per sub-chunk through the scratch was measured slower on an H100.
+reductions) and added atomically into one float32 buffer; batching that per sub-chunk through
+the scratch was measured slower on an H100.
+
+Several scan directions in one launch (``vscan.kernels.multi_scan``): the batch grid axis runs
+over (batch, direction) pairs; direction k reads the grid row ``index[k, t]`` at step t (one
+scalar load, prefetched with the rest) and uses its own A, D and delta_bias; outputs go to the
+grid row, added atomically when the directions are merged by sum/mean (OUT_ATOMIC, and DU_ATOMIC
+for the gradient of a shared u). Without an index (HAS_IDX off) a direction reads row t: the
+single scan is the case K = 1.
 """
 import triton
 import triton.language as tl
@@ -112,6 +120,14 @@ def _dir_split(pid_b, K_DIR):
 
 
 @triton.jit
+def _dir_params(A_ptr, D_ptr, bias_ptr, idx_ptr, kk, L, DIM, NSTATE, HAS_IDX: tl.constexpr):
+    """Direction kk's A (K, d, N), D and delta_bias (K, d), all contiguous, and its index row."""
+    if HAS_IDX:
+        idx_ptr += kk * L
+    return A_ptr + kk * DIM * NSTATE, D_ptr + kk * DIM, bias_ptr + kk * DIM, idx_ptr
+
+
+@triton.jit
 def _dt(dt_raw, dmask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """(dt before the softplus, dt) from the loaded row; masked channels get dt = 0."""
     dt_pre = dt_raw
@@ -163,11 +179,7 @@ def scan_fwd_seq_kernel(
         B_ptr += bb * s_Bb + kk * s_Bk
     if C_VARY:
         C_ptr += bb * s_Cb + kk * s_Ck
-    if HAS_IDX:
-        idx_ptr += kk * L
-    A_ptr += kk * DIM * NSTATE        # per-direction parameters, (K, d, N) / (K, d) contiguous
-    D_ptr += kk * DIM
-    bias_ptr += kk * DIM
+    A_ptr, D_ptr, bias_ptr, idx_ptr = _dir_params(A_ptr, D_ptr, bias_ptr, idx_ptr, kk, L, DIM, NSTATE, HAS_IDX)
     st_ptr += pid_b * s_stb
     A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
     bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
@@ -265,7 +277,7 @@ def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A
 
 
 @triton.jit
-def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg,
+def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s_pg,
                   VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
     """dB or dC at one step (row t) from the [BLOCK_N, BLOCK_D] tile g: summed over this channel
     block and added atomically into one float32 (batch, L, groups, N) buffer (one add per state
@@ -294,7 +306,7 @@ def scan_bwd_seq_kernel(
     s_ub, s_ul, s_uk, s_dtb, s_dtl, s_dtk, s_zb, s_zl, s_gb, s_gl, s_gk,
     s_Bb, s_Bl, s_Bg, s_Bk, s_Cb, s_Cl, s_Cg, s_Ck,
     s_stb, s_stc, s_cb, s_cc,
-    s_pk, s_pb, s_pl, s_pg, s_pkk,
+    s_pk, s_pb, s_pl, s_pg, s_pkk,   # s_pk, blocks_per_group: the chunked kernels' layout, unused here
     BLOCK_T: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
@@ -307,7 +319,6 @@ def scan_bwd_seq_kernel(
     offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
-    blk_in_group = pid_d % blocks_per_group
     bb, kk = _dir_split(pid_b, K_DIR)
     # du is laid out like u (float32 and shared by the directions when DU_ATOMIC), ddt like dt
     u_ptr += bb * s_ub + kk * s_uk
@@ -324,11 +335,7 @@ def scan_bwd_seq_kernel(
     if C_VARY:
         C_ptr += bb * s_Cb + kk * s_Ck
         dC_ptr += bb * s_pb + kk * s_pkk
-    if HAS_IDX:
-        idx_ptr += kk * L
-    A_ptr += kk * DIM * NSTATE        # per-direction parameters, (K, d, N) / (K, d) contiguous
-    D_ptr += kk * DIM
-    bias_ptr += kk * DIM
+    A_ptr, D_ptr, bias_ptr, idx_ptr = _dir_params(A_ptr, D_ptr, bias_ptr, idx_ptr, kk, L, DIM, NSTATE, HAS_IDX)
     st_ptr += pid_b * s_stb
     carry_ptr += pid_b * s_cb
     # this program's scratch: SUB per-step state tiles, then BLOCK_T // SUB sub-chunk start tiles
@@ -425,9 +432,9 @@ def scan_bwd_seq_kernel(
                     ddt = tl.sum(dh * A2 * ahp, axis=0) * LN2 + u * sum_dhB   # A = A2 * ln 2
                     dA_acc += dh * ahp * dt[None, :]
                     dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, r, offs_n, nmask, offs_d,
-                                            dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg, B_VARY, SINGLE_GROUP)
+                                            dmask, g0, g_d, s_pl, s_pg, B_VARY, SINGLE_GROUP)
                     dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, r, offs_n, nmask, offs_d,
-                                            dmask, g0, g_d, blk_in_group, s_pk, s_pl, s_pg, C_VARY, SINGLE_GROUP)
+                                            dmask, g0, g_d, s_pl, s_pg, C_VARY, SINGLE_GROUP)
                     if HAS_D:
                         du += dy * Dv
                         dD_acc += dy * u
