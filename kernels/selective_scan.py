@@ -151,12 +151,12 @@ class _Problem:
         self.su = _row_strides(u, u_per_dir)
         self.sdt = _row_strides(delta, self.K > 1)
         self.sz = _row_strides(z, False)[:2]
-        self.u_per_dir = u_per_dir
+        self.bc_per_dir = bc_per_dir
         if bc_per_dir:
-            self.G, self.cpg = 1, self.dim
+            self.cpg = self.dim      # each direction's B/C is one group of all channels
         else:
-            self.G = B.shape[2] if self.B_vary else (C.shape[2] if self.C_vary else 1)
-            self.cpg = self.dim // self.G
+            groups = B.shape[2] if self.B_vary else (C.shape[2] if self.C_vary else 1)
+            self.cpg = self.dim // groups
         self.p = _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device)
 
     def flags(self):
@@ -239,7 +239,6 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     # the chunked kernels write one dB/dC partial per channel block of a group (summed below);
     # the sequential ones add into a single buffer
     bpg = max(1, pr.cpg // p["bd"]) if (p["single"] and not seq) else 1
-    n_rows = pr.K if pr.K > 1 else None   # per-direction B/C: the direction axis takes the group's place
 
     def grad_buf(vary, X):
         if not vary:
@@ -248,8 +247,9 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     dB, dC = grad_buf(pr.B_vary, pr.B), grad_buf(pr.C_vary, pr.C)
     pbuf = dB if pr.B_vary else (dC if pr.C_vary else None)
     if pbuf is not None:
-        ps = (pbuf.stride(0), pbuf.stride(1), pbuf.stride(2), 0 if n_rows else pbuf.stride(3),
-              pbuf.stride(3) if n_rows else 0)
+        # (partial, batch, row, group, direction); per-direction B/C: the direction axis takes the group's place
+        ps = (pbuf.stride(0), pbuf.stride(1), pbuf.stride(2), 0 if pr.bc_per_dir else pbuf.stride(3),
+              pbuf.stride(3) if pr.bc_per_dir else 0)
     else:
         ps = (0, 0, 0, 0, 0)
     if pr.B_vary and pr.C_vary:
