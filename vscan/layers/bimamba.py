@@ -91,7 +91,7 @@ class BidirectionalMamba(nn.Module):
         for i in range(0, b, step):          # samples are independent: same result, smaller peak
             yi = self._mix(x[i:i + step], grid_shape, index)
             if out is None:
-                out = yi.new_empty(b, *yi.shape[1:])
+                out = yi.new_empty((b, *yi.shape[1:]))
             out[i:i + step] = yi
             del yi
         return out
@@ -151,7 +151,7 @@ class BidirectionalMamba(nn.Module):
         kinds = self._order_kinds(grid_shape, L)
         w = self.d_conv
         inverse = None
-        u = xs.new_empty(b, L, len(kinds), d)
+        u = xs.new_empty((b, L, len(kinds), d))
         padded = None
         for k, kind in enumerate(kinds):
             weight = self.conv_weight[k]

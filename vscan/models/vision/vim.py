@@ -67,7 +67,9 @@ class VimBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_shape: Tuple[int, ...]) -> torch.Tensor:
         h = self.norm(x)
-        if not isinstance(x, torch.fx.Proxy):    # under FX tracing (timm's features) dtypes are symbolic
+        if isinstance(x, torch.fx.Proxy):        # under FX tracing (timm's features) dtypes are symbolic
+            h = h.to(self.norm.weight.dtype)
+        else:
             h = h.to(_mixer_input_dtype(self.mixer, x.device, self.norm.weight.dtype))
         m = self.drop_path(self.mixer(h, grid_shape))
         del h
