@@ -29,7 +29,7 @@ def _out_layout(merge, b, L, K, d, device, dtype):
 
 class _MultiScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus, idx, merge):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus, idx, merge, dt_weight):
         b, L = u.shape[:2]
         K, d, _ = A.shape
         u, delta = u.contiguous(), delta.contiguous()
@@ -37,27 +37,29 @@ class _MultiScanFn(torch.autograd.Function):
         A32 = A.float().contiguous()
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
+        W32 = dt_weight.float().contiguous() if dt_weight is not None else None
         per_dir = u.dim() == 4
         pr = _Problem(u, delta, A32, B, C, D32, None, bias32, softplus, idx=idx, u_per_dir=per_dir,
-                      bc_per_dir=True)
+                      bc_per_dir=True, W32=W32)
         save = torch.is_grad_enabled() or any(ctx.needs_input_grad)
         out, s_out, atomic = _out_layout(merge, b, L, K, d, u.device, u.dtype)
         scale = 1.0 / K if merge == "mean" else 1.0
         states, dtsum, _ = _forward(pr, out, s_out, out_atomic=atomic, out_scale=scale, save=save)
         out = out.to(u.dtype)     # in here, so backward gets dout in u's dtype (half the bytes of float32)
         if save:
-            ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, idx, states, dtsum)
+            ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, idx, W32, states, dtsum)
             ctx.meta = (softplus, merge, A.dtype, None if D is None else D.dtype,
-                        None if delta_bias is None else delta_bias.dtype)
+                        None if delta_bias is None else delta_bias.dtype,
+                        None if dt_weight is None else dt_weight.dtype)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A32, B, C, D32, bias32, idx, states, dtsum = ctx.saved_tensors
-        softplus, merge, A_dtype, D_dtype, bias_dtype = ctx.meta
+        u, delta, A32, B, C, D32, bias32, idx, W32, states, dtsum = ctx.saved_tensors
+        softplus, merge, A_dtype, D_dtype, bias_dtype, W_dtype = ctx.meta
         per_dir = u.dim() == 4
         pr = _Problem(u, delta, A32, B, C, D32, None, bias32, softplus, idx=idx, u_per_dir=per_dir,
-                      bc_per_dir=True)
+                      bc_per_dir=True, W32=W32)
         dout = dout.contiguous()
         if merge == "concat":
             s_dout, scale = (dout.stride(0), dout.stride(1), dout.stride(2)), 1.0
@@ -67,13 +69,15 @@ class _MultiScanFn(torch.autograd.Function):
         nd = ctx.needs_input_grad
         K, dim, N = pr.K, pr.dim, pr.N
         du = g["du"].to(u.dtype) if not per_dir else g["du"]
-        return (du, g["ddelta"],
+        ddelta = g["ddelta"].to(delta.dtype)
+        dW = _param_grad(g["dW"], pr, W32.shape, W_dtype) if (W32 is not None and nd[10]) else None
+        return (du, ddelta,
                 _param_grad(g["dA"], pr, (K, dim, N), A_dtype) if nd[2] else None,
                 _bc_grad(True, g["dB"], pr, B) if nd[3] else None,
                 _bc_grad(True, g["dC"], pr, C) if nd[4] else None,
                 _param_grad(g["dD"], pr, (K, dim), D_dtype) if (D32 is not None and nd[5]) else None,
                 _param_grad(g["dbias"], pr, (K, dim), bias_dtype) if (bias32 is not None and nd[6]) else None,
-                None, None, None)
+                None, None, None, dW)
 
 
 def fused_supported(N: int) -> bool:
@@ -84,11 +88,12 @@ def fused_supported(N: int) -> bool:
         return False
 
 
-def multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge):
+def multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge, dt_weight=None):
     """Canonical arguments of ``vscan.ops.multi_scan`` (already checked there). Returns the merged
     output in u's dtype (accumulated in float32), or None when the fused path
-    does not cover the call (then the caller takes the reference path)."""
+    does not cover the call (then the caller takes the reference path). With ``dt_weight``
+    (K, d, R), ``delta`` is the low-rank dt (b, L, K, R) and dt_proj runs inside the kernels."""
     if not fused_supported(A.shape[-1]):
         return None
     idx = index.to(torch.int32).contiguous()
-    return _MultiScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, idx, merge)
+    return _MultiScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, idx, merge, dt_weight)

@@ -128,6 +128,45 @@ def _dir_params(A_ptr, D_ptr, bias_ptr, idx_ptr, kk, L, DIM, NSTATE, HAS_IDX: tl
 
 
 @triton.jit
+def _rank_index(BLOCK_R: tl.constexpr, RANK, LOWRANK: tl.constexpr):
+    """Indices R-1 .. 0 of the low-rank dt axis (counting down for the register layout, as
+    ``_state_index``) and their mask."""
+    offs_r = BLOCK_R - 1 - tl.arange(0, BLOCK_R)
+    return offs_r, offs_r < RANK
+
+
+@triton.jit
+def _lowrank_tile(W_ptr, offs_r, rmask, offs_d, dmask, RANK, LOWRANK: tl.constexpr):
+    """The [BLOCK_R, BLOCK_D] tile of a direction's dt_proj weight (d, R) row-major, float32."""
+    if LOWRANK:
+        v = tl.load(W_ptr + offs_d[None, :] * RANK + offs_r[:, None], mask=rmask[:, None] & dmask[None, :],
+                    other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros([1, 1], dtype=tl.float32)
+    return v
+
+
+@triton.jit
+def _dt_load(dt_ptr, r, s_l, offs_d, dmask, offs_r, rmask, LOWRANK: tl.constexpr):
+    """Row r of dt: the (channels,) raw delta, or with LOWRANK the (R,) low-rank dt of the row."""
+    if LOWRANK:
+        v = tl.load(dt_ptr + r * s_l + offs_r, mask=rmask, other=0.0).to(tl.float32)
+    else:
+        v = _row(dt_ptr, r, s_l, offs_d, dmask, True)
+    return v
+
+
+@triton.jit
+def _dt_expand(v, Wt, LOWRANK: tl.constexpr):
+    """The raw delta of a row: v itself, or with LOWRANK dt_proj applied, sum_r W[c, r] v[r]."""
+    if LOWRANK:
+        out = tl.sum(Wt * v[:, None], axis=0)
+    else:
+        out = v
+    return out
+
+
+@triton.jit
 def _dt(dt_raw, dmask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """(dt before the softplus, dt) from the loaded row; masked channels get dt = 0."""
     dt_pre = dt_raw
@@ -151,9 +190,9 @@ def _const_tile(ptr, offs_n, nmask, offs_d, dmask, NSTATE, VARY: tl.constexpr):
 
 @triton.jit
 def scan_fwd_seq_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, idx_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, idx_ptr, W_ptr,
     st_ptr, dtsum_ptr,
-    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, K_DIR, out_scale,
+    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, K_DIR, out_scale, RANK,
     s_ub, s_ul, s_uk, s_dtb, s_dtl, s_dtk, s_zb, s_zl, s_ob, s_ol, s_ok,
     s_Bb, s_Bl, s_Bg, s_Bk, s_Cb, s_Cl, s_Cg, s_Ck,
     s_stb, s_stc,
@@ -161,7 +200,7 @@ def scan_fwd_seq_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr, SAVE_ALL: tl.constexpr,
-    HAS_IDX: tl.constexpr, OUT_ATOMIC: tl.constexpr,
+    HAS_IDX: tl.constexpr, OUT_ATOMIC: tl.constexpr, LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -180,6 +219,8 @@ def scan_fwd_seq_kernel(
     if C_VARY:
         C_ptr += bb * s_Cb + kk * s_Ck
     A_ptr, D_ptr, bias_ptr, idx_ptr = _dir_params(A_ptr, D_ptr, bias_ptr, idx_ptr, kk, L, DIM, NSTATE, HAS_IDX)
+    offs_r, rmask = _rank_index(BLOCK_R, RANK, LOWRANK)
+    Wt = _lowrank_tile(W_ptr + kk * DIM * RANK, offs_r, rmask, offs_d, dmask, RANK, LOWRANK)
     st_ptr += pid_b * s_stb
     A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
     bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
@@ -202,21 +243,21 @@ def scan_fwd_seq_kernel(
     LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
     r_n = _row_id(idx_ptr, t_begin, HAS_IDX)
     u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
-    dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+    dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
     B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
     C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
     z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, LOAD_Z)
     for t in range(t_begin, t_end):
         r = r_n
         u = u_n
-        _dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
+        _dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS)
         Bt = B_n
         Ct = C_n
         zz = z_n
         tn = tl.minimum(t + 1, t_end - 1)
         r_n = _row_id(idx_ptr, tn, HAS_IDX)
         u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
-        dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+        dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
         B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
         C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
         z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, LOAD_Z)
@@ -251,24 +292,24 @@ def scan_fwd_seq_kernel(
 
 
 @triton.jit
-def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
+def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt, offs_r, rmask,
                offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
-               FAST_EXP: tl.constexpr, HAS_IDX: tl.constexpr):
+               FAST_EXP: tl.constexpr, HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr):
     """Walk the state forward over steps [ta, tb) from h (loads one step ahead); before every
     ``every``-th step store it to dst + k * tile. Returns the state after step tb - 1."""
     r_n = _row_id(idx_ptr, ta, HAS_IDX)
     u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
-    dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+    dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
     B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
     for t in range(ta, tb):
         u = u_n
-        _dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
+        _dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS)
         Bt = B_n
         tn = tl.minimum(t + 1, tb - 1)
         r_n = _row_id(idx_ptr, tn, HAS_IDX)
         u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
-        dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+        dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
         B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
         if (t - ta) % every == 0:
             tl.store(dst + ((t - ta) // every) * tile, h)
@@ -299,10 +340,10 @@ def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s
 
 @triton.jit
 def scan_bwd_seq_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, idx_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, idx_ptr, W_ptr,
     st_ptr, carry_ptr, scratch_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
-    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, blocks_per_group, K_DIR, dout_scale,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, dW_ptr,
+    L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, blocks_per_group, K_DIR, dout_scale, RANK,
     s_ub, s_ul, s_uk, s_dtb, s_dtl, s_dtk, s_zb, s_zl, s_gb, s_gl, s_gk,
     s_Bb, s_Bl, s_Bg, s_Bk, s_Cb, s_Cl, s_Cg, s_Ck,
     s_stb, s_stc, s_cb, s_cc,
@@ -312,6 +353,7 @@ def scan_bwd_seq_kernel(
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
     HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr, PREFETCH_BC: tl.constexpr = True,
+    LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -336,6 +378,8 @@ def scan_bwd_seq_kernel(
         C_ptr += bb * s_Cb + kk * s_Ck
         dC_ptr += bb * s_pb + kk * s_pkk
     A_ptr, D_ptr, bias_ptr, idx_ptr = _dir_params(A_ptr, D_ptr, bias_ptr, idx_ptr, kk, L, DIM, NSTATE, HAS_IDX)
+    offs_r, rmask = _rank_index(BLOCK_R, RANK, LOWRANK)
+    Wt = _lowrank_tile(W_ptr + kk * DIM * RANK, offs_r, rmask, offs_d, dmask, RANK, LOWRANK)
     st_ptr += pid_b * s_stb
     carry_ptr += pid_b * s_cb
     # this program's scratch: SUB per-step state tiles, then BLOCK_T // SUB sub-chunk start tiles
@@ -352,6 +396,10 @@ def scan_bwd_seq_kernel(
     dCc_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if LOWRANK:
+        dW_acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    else:
+        dW_acc = tl.zeros([1, 1], dtype=tl.float32)
     c_begin = pid_s * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, n_chunks)
     # running dh: on entry to step t it holds a[t+1] * dh[t+1] (the carry from later steps)
@@ -364,9 +412,9 @@ def scan_bwd_seq_kernel(
         n_sub = tl.cdiv(t1 - t0, SUB)
         if MODE == 0:  # pass A: the state at the start of every sub-chunk
             h = tl.load(_state_ptrs(st_ptr + c * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
-            h = _recompute(h, t0, t1, SUB, s_tile + SUB * tile, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
+            h = _recompute(h, t0, t1, SUB, s_tile + SUB * tile, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt, offs_r, rmask,
                            offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
-                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX)
+                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)
         for j in range(0, n_sub):
             s = n_sub - 1 - j
             ts0 = t0 + s * SUB
@@ -374,16 +422,16 @@ def scan_bwd_seq_kernel(
             if MODE == 0:  # pass B: every state of the sub-chunk
                 tl.debug_barrier()
                 h = tl.load(s_tile + (SUB + s) * tile)
-                h = _recompute(h, ts0, ts1, 1, s_tile, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
+                h = _recompute(h, ts0, ts1, 1, s_tile, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt, offs_r, rmask,
                                offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
-                               HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX)
+                               HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)
                 tl.debug_barrier()
             # pass C: backwards through the sub-chunk, loads of step t-1 issued before step t's math
             LOAD_B: tl.constexpr = B_VARY and MODE == 0
             t = ts1 - 1
             r_n = _row_id(idx_ptr, t, HAS_IDX)
             u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
-            dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+            dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
             g_n = _row(dout_ptr, r_n, s_gl, offs_d, dmask, True)
             z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, HAS_Z)
             B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
@@ -394,7 +442,8 @@ def scan_bwd_seq_kernel(
                 t = ts1 - 1 - k
                 r = r_n
                 u = u_n
-                dt_pre, dt = _dt(dt_n, dmask, bias, HAS_BIAS, SOFTPLUS)
+                dt_cur = dt_n
+                dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS)
                 dout = g_n * dout_scale
                 zz = z_n
                 if PREFETCH_BC:
@@ -406,7 +455,7 @@ def scan_bwd_seq_kernel(
                 tp = tl.maximum(t - 1, ts0)
                 r_n = _row_id(idx_ptr, tp, HAS_IDX)
                 u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
-                dt_n = _row(dt_ptr, r_n, s_dtl, offs_d, dmask, True)
+                dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
                 g_n = _row(dout_ptr, r_n, s_gl, offs_d, dmask, True)
                 z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, HAS_Z)
                 if PREFETCH_BC:
@@ -452,7 +501,11 @@ def scan_bwd_seq_kernel(
                         tl.atomic_add(du_ptr + r * s_ul + offs_d, du, mask=dmask)
                     else:
                         tl.store(du_ptr + r * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
-                    tl.store(ddt_ptr + r * s_dtl + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
+                    if LOWRANK:  # d(low-rank dt) = W^T ddt, summed over the block's channels; dW = ddt dt^T
+                        tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1), mask=rmask)
+                        dW_acc += dt_cur[:, None] * ddt[None, :]
+                    else:
+                        tl.store(ddt_ptr + r * s_dtl + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
                 dh = a * dh
     tl.store(_state_ptrs(carry_ptr + (pid_s * 2 + (c_begin + 1) % 2) * s_cc, offs_n, offs_d, NSTATE), dh, mask=m_nd)
     if MODE == 0:
@@ -465,3 +518,6 @@ def scan_bwd_seq_kernel(
             tl.store(_state_ptrs(dC_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE), dCc_acc, mask=m_nd)
         tl.store(dD_ptr + seg_off * DIM + offs_d, dD_acc, mask=dmask)
         tl.store(dbias_ptr + seg_off * DIM + offs_d, dbias_acc, mask=dmask)
+        if LOWRANK:
+            tl.store(dW_ptr + seg_off * DIM * RANK + offs_d[None, :] * RANK + offs_r[:, None], dW_acc,
+                     mask=rmask[:, None] & dmask[None, :])

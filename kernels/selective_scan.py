@@ -137,10 +137,12 @@ class _Problem:
     """What one launch pair (forward, backward) needs: the tensors, their strides and the tile
     plan. Program rows of the batch grid axis are (batch, direction) pairs, K of them per batch
     item; direction k reads rows ``idx[k, t]`` at step t (or t itself without ``idx``) and has
-    its own A[k], D[k], delta_bias[k]. The single scan is K = 1 without an index."""
+    its own A[k], D[k], delta_bias[k]. The single scan is K = 1 without an index. With ``W32``
+    (K, d, R) float32, ``delta`` holds the low-rank dt (b, L, K, R) and the kernels apply dt_proj
+    themselves: delta[c] = sum_r W[k, c, r] dt[r] (no (b, L, K, d) delta in memory)."""
 
     def __init__(self, u, delta, A32, B, C, D32, z, bias32, softplus, idx=None, u_per_dir=False,
-                 bc_per_dir=False):
+                 bc_per_dir=False, W32=None):
         self.b, self.L = u.shape[:2]
         self.K, self.dim, self.N = A32.shape
         self.u, self.delta, self.z, self.B, self.C = u, delta, z, B, C
@@ -152,6 +154,8 @@ class _Problem:
         self.sdt = _row_strides(delta, self.K > 1)
         self.sz = _row_strides(z, False)[:2]
         self.bc_per_dir = bc_per_dir
+        self.W32 = W32
+        self.rank = W32.shape[-1] if W32 is not None else 1
         if bc_per_dir:
             self.cpg = self.dim      # each direction's B/C is one group of all channels
         else:
@@ -165,7 +169,8 @@ class _Problem:
                  HAS_BIAS=self.bias32 is not None, SOFTPLUS=self.softplus, B_VARY=self.B_vary,
                  C_VARY=self.C_vary, SINGLE_GROUP=p["single"])
         if p["kind"] == "sequential":
-            f.update(BLOCK_N=p["bn"], EVEN_N=p["bn"] == self.N, FAST_EXP=self.u.is_cuda, HAS_IDX=self.idx is not None)
+            f.update(BLOCK_N=p["bn"], EVEN_N=p["bn"] == self.N, FAST_EXP=self.u.is_cuda, HAS_IDX=self.idx is not None,
+                     LOWRANK=self.W32 is not None, BLOCK_R=triton.next_power_of_2(self.rank))
         return f
 
     def opt(self, t):
@@ -188,12 +193,13 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
     if seq:
         kernel = scan_fwd_seq_kernel
         args = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out,
-                pr.opt(pr.idx))
-        scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg, pr.K, float(out_scale),
+                pr.opt(pr.idx), pr.opt(pr.W32))
+        scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg, pr.K, float(out_scale), pr.rank,
                    *pr.su, *pr.sdt, *pr.sz, *s_out, *pr.sB, *pr.sC)
         extra = dict(OUT_ATOMIC=out_atomic)
     else:
-        assert pr.K == 1 and pr.idx is None and not out_atomic, "the chunked kernels scan one direction"
+        assert pr.K == 1 and pr.idx is None and not out_atomic and pr.W32 is None, \
+            "the chunked kernels scan one direction with a full delta"
         kernel = scan_fwd_kernel
         args = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out)
         scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg,
@@ -231,7 +237,9 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     if dlast is not None:
         carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
     du = torch.zeros(pr.u.shape, **f32) if du_atomic else torch.empty_like(pr.u)
-    ddelta = torch.empty_like(pr.delta)
+    # the low-rank dt's gradient is summed over channels in the kernel (atomics: float32 zeros)
+    ddelta = torch.zeros(pr.delta.shape, **f32) if pr.W32 is not None else torch.empty_like(pr.delta)
+    dW = torch.empty(bk, n_seg, dim, pr.rank, **f32) if pr.W32 is not None else None
     dz = torch.empty_like(pr.z) if pr.z is not None else None
     dA = torch.empty(bk, n_seg, dim, N, **f32)
     dD = torch.empty(bk, n_seg, dim, **f32)
@@ -259,16 +267,17 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     zz = pr.opt(pr.z)
     ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), dout)
     outs = (du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC)
+    w_in, w_out = pr.opt(pr.W32), (dW if dW is not None else dA)
     if seq:
         prefetch, maxnreg = _seq_bwd()
         common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch)
         if maxnreg:
             common["maxnreg"] = maxnreg
         scratch = torch.empty(bk * p["n_blk"] * n_seg * (p["sub"] + p["bt"] // p["sub"]) * p["bn"] * p["bd"], **f32)
-        scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg, pr.K, float(dout_scale),
+        scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg, pr.K, float(dout_scale), pr.rank,
                    *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC)
     else:
-        assert pr.K == 1 and pr.idx is None and not du_atomic and dout_scale == 1.0
+        assert pr.K == 1 and pr.idx is None and not du_atomic and dout_scale == 1.0 and pr.W32 is None
         common["BLOCK_N"] = p["bn"]
         scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg,
                    pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_dout[0], s_dout[1],
@@ -276,7 +285,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
 
     def launch(mode, carry_buf):
         if seq:
-            scan_bwd_seq_kernel[grid](*ins, pr.opt(pr.idx), states, carry_buf, scratch, *outs, *scalars,
+            scan_bwd_seq_kernel[grid](*ins, pr.opt(pr.idx), w_in, states, carry_buf, scratch, *outs, w_out, *scalars,
                                       states.stride(0), states.stride(1), carry_buf.stride(0), carry_buf.stride(1),
                                       *ps, MODE=mode, **common)
         else:
@@ -288,7 +297,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
         launch(1, loc)
         _combine(carry, loc, dtsum, pr, False, reverse=True)
     launch(0, carry)
-    return dict(du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC, carry=carry)
+    return dict(du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC, dW=dW, carry=carry)
 
 
 def _param_grad(buf, pr, shape, dtype):

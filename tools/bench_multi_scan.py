@@ -9,7 +9,9 @@ autocast, forward+backward, two ways in the same process:
   merges in grid order);
 - explicit: the same layer with multi_scan replaced by ``multi_scan_ref`` on the Triton scan,
   i.e. gather K permuted copies, K separate scans, scatter back, merge (VMamba's CrossScan /
-  CrossMerge structure).
+  CrossMerge structure);
+- fused_lowrank (layer only): fused, and the layer built with ``fuse_dt_proj=True``, so the
+  kernels apply dt_proj per step and no (b, L, K, d) delta or delta gradient is stored.
 Peak extra memory = max_memory_allocated during one forward+backward minus what was allocated
 before it (weights, input). The op alone is timed too, against its floor: each input read once
 per direction (u K times; delta, B, C once), the merged output written once, and
@@ -101,11 +103,12 @@ def peak_extra_mib(fn):
 
 def time_layer(b, H, W, N, path):
     torch.manual_seed(0)
-    layer = multidir.MultiDirMamba(96, d_state=N, ssm_ratio=2.0, orders="cross").cuda()
+    layer = multidir.MultiDirMamba(96, d_state=N, ssm_ratio=2.0, orders="cross",
+                                   fuse_dt_proj=path == "fused_lowrank").cuda()
     x = torch.randn(b, H, W, 96, device="cuda", requires_grad=True)
     params = [x] + list(layer.parameters())
     orig = multidir.multi_scan
-    multidir.multi_scan = fused if path == "fused" else explicit
+    multidir.multi_scan = explicit if path == "explicit" else fused
 
     def fb():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -179,13 +182,17 @@ def main(argv=None):
     for N in map(int, args.states.split(",")):
         for level in ("layer", "op"):
             row = dict(level=level, N=N, batch=b, grid=(S, S), channels=192)
-            for path in ("fused", "explicit"):
+            for path in ("fused", "explicit") + (("fused_lowrank",) if level == "layer" else ()):
                 r = time_layer(b, S, S, N, path) if level == "layer" else time_op(b, S, S, 192, N, path, bw, exprate)
                 row.update({f"{path}_{k}": v for k, v in r.items()})
                 torch.cuda.empty_cache()
             row["speedup_fwdbwd"] = row["explicit_fwdbwd_ms"] / row["fused_fwdbwd_ms"]
             row["speedup_fwd"] = row["explicit_fwd_ms"] / row["fused_fwd_ms"]
             row["mem_ratio_fwdbwd"] = row["explicit_fwdbwd_peak_extra_mib"] / row["fused_fwdbwd_peak_extra_mib"]
+            if "fused_lowrank_fwdbwd_ms" in row:
+                row["lowrank_speedup_fwdbwd"] = row["explicit_fwdbwd_ms"] / row["fused_lowrank_fwdbwd_ms"]
+                row["lowrank_mem_ratio_fwdbwd"] = (row["explicit_fwdbwd_peak_extra_mib"]
+                                                   / row["fused_lowrank_fwdbwd_peak_extra_mib"])
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
             write_json(args.out, dict(report, rows=rows))
@@ -198,6 +205,12 @@ def main(argv=None):
         print(f"| {r['level']} | {r['N']} | {r['fused_fwd_ms']:.3f} / {r['fused_fwdbwd_ms']:.3f} | "
               f"{r['explicit_fwd_ms']:.3f} / {r['explicit_fwdbwd_ms']:.3f} | {r['speedup_fwd']:.2f} / {r['speedup_fwdbwd']:.2f} | "
               f"{r['fused_fwdbwd_peak_extra_mib']:.0f} / {r['explicit_fwdbwd_peak_extra_mib']:.0f} ({r['mem_ratio_fwdbwd']:.1f}x) | {frac} |")
+    for r in rows:
+        if "lowrank_speedup_fwdbwd" in r:
+            print(f"layer N={r['N']} with fuse_dt_proj: fwd / f+b {r['fused_lowrank_fwd_ms']:.3f} / "
+                  f"{r['fused_lowrank_fwdbwd_ms']:.3f} ms, {r['lowrank_speedup_fwdbwd']:.2f}x faster and "
+                  f"{r['lowrank_mem_ratio_fwdbwd']:.1f}x less peak extra memory than explicit "
+                  f"({r['fused_lowrank_fwdbwd_peak_extra_mib']:.0f} MiB)")
     return 0
 
 

@@ -30,13 +30,19 @@ class MultiDirSSM(nn.Module):
 
     ``forward(u, index, merge)``: u (b, L, d_inner) shared by the K directions, or
     (b, L, K, d_inner), in grid order; ``index`` (K, L) visiting orders.
+
+    ``fuse_dt_proj=True`` hands multi_scan the low-rank dt and the dt_proj weights instead of
+    the (b, L, K, d_inner) delta: on CUDA the kernels apply dt_proj per step, so neither delta
+    nor its gradient is stored (same function; opt-in until measured on a GPU, see
+    results/bench_multi_scan/README.md).
     """
 
     def __init__(self, d_inner: int, num_directions: int, d_state: int = 1, dt_rank: int = 8,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
-                 dt_scale: float = 1.0, device=None, dtype=None):
+                 dt_scale: float = 1.0, fuse_dt_proj: bool = False, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        self.fuse_dt_proj = fuse_dt_proj
         K = self.num_directions = num_directions
         self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
         self._dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
@@ -65,8 +71,11 @@ class MultiDirSSM(nn.Module):
         else:                 # per-direction input (b, L, K, d): K GEMMs in one einsum
             x_dbl = torch.einsum("blkd,krd->blkr", u, self.x_proj_weight)
         dt, B, C = x_dbl.split([R, N, N], dim=-1)
-        delta = _per_direction_linear(dt, self.dt_proj_weight)
         A = -torch.exp(self.A_log.float())
+        if self.fuse_dt_proj:
+            return multi_scan(u, dt, A, B, C, self.D.float(), delta_bias=self.dt_proj_bias.float(),
+                              delta_softplus=True, index=index, merge=merge, dt_weight=self.dt_proj_weight)
+        delta = _per_direction_linear(dt, self.dt_proj_weight)
         return multi_scan(u, delta, A, B, C, self.D.float(), delta_bias=self.dt_proj_bias.float(),
                           delta_softplus=True, index=index, merge=merge)
 
@@ -114,7 +123,8 @@ class MultiDirMamba(nn.Module):
                  d_conv: int = 3, conv_bias: bool = True, bias: bool = False, use_z: bool = False,
                  orders=None, spatial_dims: int = 2, merge: str = "sum", out_norm: bool = True,
                  act_layer=nn.SiLU, dropout: float = 0.0, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 dt_init_floor: float = 1e-4, dt_scale: float = 1.0, device=None, dtype=None):
+                 dt_init_floor: float = 1e-4, dt_scale: float = 1.0, fuse_dt_proj: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         if merge not in ("sum", "mean"):
@@ -136,7 +146,7 @@ class MultiDirMamba(nn.Module):
             self.conv = conv_cls(d_inner, d_inner, d_conv, padding="same", groups=d_inner, bias=conv_bias, **dd)
         self.act = act_layer()
         self.ssm = MultiDirSSM(d_inner, len(self.orders), d_state, _dt_rank(dt_rank, d_model),
-                               dt_min, dt_max, dt_init_floor, dt_scale, **dd)
+                               dt_min, dt_max, dt_init_floor, dt_scale, fuse_dt_proj=fuse_dt_proj, **dd)
         self.out_norm = nn.LayerNorm(d_inner, **dd) if out_norm else nn.Identity()
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **dd)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -45,7 +45,7 @@ def _check_index(index, K, L, u):
     return index.long()
 
 
-def check_multi_scan_args(u, delta, A, B, C, D, delta_bias, index, merge):
+def check_multi_scan_args(u, delta, A, B, C, D, delta_bias, index, merge, dt_weight=None):
     """Validate the canonical arguments; returns (batch, L, K, d, N)."""
     if merge not in MERGES:
         raise ValueError(f"merge: expected one of {MERGES}, got {merge!r}")
@@ -59,7 +59,14 @@ def check_multi_scan_args(u, delta, A, B, C, D, delta_bias, index, merge):
         raise ValueError(f"u: expected (batch, L, {d}) or (batch, L, {K}, {d}) with (K, d) from A {tuple(A.shape)}, "
                          f"got {describe(u)}")
     check_tensor("delta", delta)
-    check_shape("delta", delta, (b, L, K, d), "batch, L, K, d")
+    if dt_weight is None:
+        check_shape("delta", delta, (b, L, K, d), "batch, L, K, d")
+    else:
+        check_tensor("dt_weight", dt_weight, rank=3)
+        if dt_weight.shape[:2] != (K, d):
+            raise ValueError(f"dt_weight: expected (K, d, dt_rank) with (K, d) = ({K}, {d}) from A, "
+                             f"got {describe(dt_weight)}")
+        check_shape("delta", delta, (b, L, K, dt_weight.shape[2]), "batch, L, K, dt_rank (low-rank dt with dt_weight)")
     for name, t in (("B", B), ("C", C)):
         check_tensor(name, t)
         check_shape(name, t, (b, L, K, N), "batch, L, K, N")
@@ -67,7 +74,7 @@ def check_multi_scan_args(u, delta, A, B, C, D, delta_bias, index, merge):
         check_tensor(name, t, optional=True)
         if t is not None:
             check_shape(name, t, (K, d), "K, d")
-    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
+    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias, dt_weight=dt_weight)
     index = _check_index(index, K, L, u)
     return index, (b, L, K, d, N)
 
@@ -97,8 +104,13 @@ def multi_scan_ref(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     return y.to(u.dtype)
 
 
+def expand_lowrank_dt(dt, dt_weight):
+    """The full delta (b, L, K, d) from a low-rank dt (b, L, K, R) and dt_proj weights (K, d, R)."""
+    return torch.einsum("blkr,kdr->blkd", dt, dt_weight.to(dt.dtype))
+
+
 def multi_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, index=None,
-               merge: str = "sum", backend: str | None = None):
+               merge: str = "sum", backend: str | None = None, dt_weight=None):
     """K selective scans over one grid, each in its own token order, merged in grid order.
 
     Args (all token-major, in grid order; K directions, d channels, N states):
@@ -111,6 +123,10 @@ def multi_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, 
             (``ScanOrderSet.index(shape, device)``).
         merge: 'sum' | 'mean' -> (batch, L, d); 'concat' -> (batch, L, K, d).
         backend: override ``VSCAN_BACKEND`` for this call.
+        dt_weight: (K, d, dt_rank) dt_proj weights, optional. Then ``delta`` is the low-rank dt
+            (batch, L, K, dt_rank) and the raw delta is ``einsum('blkr,kdr->blkd', delta,
+            dt_weight)`` (``expand_lowrank_dt``); the Triton path applies it per step inside the
+            kernels, so no (batch, L, K, d) delta or delta gradient is ever stored.
 
     Returns the merged output in u's dtype (the K outputs are accumulated in float32, or
     float64 for float64 inputs). Differentiable in every floating input.
@@ -118,7 +134,7 @@ def multi_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, 
     if index is None:
         raise TypeError("multi_scan: index is required: a LongTensor (K, L) of visiting orders, "
                         "e.g. vscan.scans.get_order('cross').index((H, W), device)")
-    index, _ = check_multi_scan_args(u, delta, A, B, C, D, delta_bias, index, merge)
+    index, _ = check_multi_scan_args(u, delta, A, B, C, D, delta_bias, index, merge, dt_weight)
     f64 = compute_dtype(u, delta, A) == torch.float64
     if choose_backend(u.device, f64, backend) == "triton":
         try:
@@ -126,7 +142,10 @@ def multi_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, 
         except ImportError:
             multi_scan_triton = None
         if multi_scan_triton is not None:
-            out = multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge)
+            kw = {} if dt_weight is None else dict(dt_weight=dt_weight)
+            out = multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge, **kw)
             if out is not None:     # None: a case the fused kernels do not cover (N > 32)
                 return out.to(u.dtype)
+    if dt_weight is not None:
+        delta = expand_lowrank_dt(delta, dt_weight)
     return multi_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge, backend)
