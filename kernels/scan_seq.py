@@ -189,6 +189,21 @@ def _const_tile(ptr, offs_n, nmask, offs_d, dmask, NSTATE, VARY: tl.constexpr):
 
 
 @triton.jit
+def _fwd_step_loads(t, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask,
+                    offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
+                    HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr, LOAD_B: tl.constexpr, LOAD_C: tl.constexpr,
+                    LOAD_Z: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+    """Everything the forward step t reads: its grid row, u, dt, B, C, z (issued a step ahead)."""
+    r = _row_id(idx_ptr, t, HAS_IDX)
+    u = _row(u_ptr, r, s_ul, offs_d, dmask, True)
+    dt = _dt_load(dt_ptr, r, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
+    B = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+    C = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
+    z = _row(z_ptr, r, s_zl, offs_d, dmask, LOAD_Z)
+    return r, u, dt, B, C, z
+
+
+@triton.jit
 def scan_fwd_seq_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, idx_ptr, W_ptr,
     st_ptr, dtsum_ptr,
@@ -241,12 +256,9 @@ def scan_fwd_seq_kernel(
     # latency hides behind it (nothing they read depends on the state)
     LOAD_C: tl.constexpr = C_VARY and MODE == 0
     LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
-    r_n = _row_id(idx_ptr, t_begin, HAS_IDX)
-    u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
-    dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
-    C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
-    z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, LOAD_Z)
+    r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
+        t_begin, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask, offs_r, rmask,
+        g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
     for t in range(t_begin, t_end):
         r = r_n
         u = u_n
@@ -254,13 +266,10 @@ def scan_fwd_seq_kernel(
         Bt = B_n
         Ct = C_n
         zz = z_n
-        tn = tl.minimum(t + 1, t_end - 1)
-        r_n = _row_id(idx_ptr, tn, HAS_IDX)
-        u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
-        dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-        B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
-        C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
-        z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, LOAD_Z)
+        r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
+            tl.minimum(t + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
+            offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
+            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
         if MODE == 1:
             dtsum += dt
