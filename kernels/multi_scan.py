@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .selective_scan import SEQ_MAX_N, _backward, _bc_grad, _forward, _kernel_kind, _param_grad, _Problem
+from .selective_scan import _backward, _bc_grad, _forward, _kernel_kind, _param_grad, _Problem
 
 
 def _out_layout(merge, b, L, K, d, device, dtype):
@@ -41,7 +41,7 @@ class _MultiScanFn(torch.autograd.Function):
         per_dir = u.dim() == 4
         pr = _Problem(u, delta, A32, B, C, D32, None, bias32, softplus, idx=idx, u_per_dir=per_dir,
                       bc_per_dir=True, W32=W32)
-        save = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        save = any(ctx.needs_input_grad)   # (grad mode is always off inside Function.forward)
         out, s_out, atomic = _out_layout(merge, b, L, K, d, u.device, u.dtype)
         scale = 1.0 / K if merge == "mean" else 1.0
         states, dtsum, _ = _forward(pr, out, s_out, out_atomic=atomic, out_scale=scale, save=save)
@@ -81,10 +81,10 @@ class _MultiScanFn(torch.autograd.Function):
 
 
 def fused_supported(N: int) -> bool:
-    """The fused path needs the sequential kernels (state size N <= SEQ_MAX_N)."""
+    """The fused path needs the sequential kernels (state size N <= SEQ_MAX_N, or not forced off)."""
     try:
-        return N <= SEQ_MAX_N and _kernel_kind(N) == "sequential"
-    except ValueError:
+        return _kernel_kind(N) == "sequential"
+    except ValueError:          # VSCAN_SCAN_KERNEL=sequential with N > SEQ_MAX_N
         return False
 
 

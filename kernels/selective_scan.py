@@ -326,7 +326,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         D32 = D.float().contiguous()[None] if D is not None else None
         bias32 = delta_bias.float().contiguous()[None] if delta_bias is not None else None
         pr = _Problem(u, delta, A32, B, C, D32, z, bias32, softplus)
-        save = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        save = any(ctx.needs_input_grad)   # (grad mode is always off inside Function.forward)
         out = torch.empty(b, L, dim, device=u.device, dtype=out_dtype)
         states, dtsum, last = _forward(pr, out, (out.stride(0), out.stride(1), 0),
                                        initial_state=initial_state, save=save)

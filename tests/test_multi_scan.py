@@ -151,7 +151,7 @@ def test_dispatch_calls_kernel_with_canonical_args(monkeypatch):
     index = get_order("cross").index((2, 3))
     seen = {}
 
-    def fake_kernel(u, delta, A, B, C, D, delta_bias, delta_softplus, idx, merge):
+    def fake_kernel(u, delta, A, B, C, D, delta_bias, delta_softplus, idx, merge, dt_weight=None):
         seen.update(u=u, idx=idx, merge=merge, softplus=delta_softplus)
         return ms.multi_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, idx, merge).double()
 

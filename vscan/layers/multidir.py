@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vscan.ops.multi_scan import multi_scan
+from vscan.ops.multi_scan import expand_lowrank_dt, multi_scan
 from vscan.scans import as_order_set
 
 from .mamba import init_dt_proj_, s4d_real_A_log
@@ -75,28 +75,9 @@ class MultiDirSSM(nn.Module):
         if self.fuse_dt_proj:
             return multi_scan(u, dt, A, B, C, self.D.float(), delta_bias=self.dt_proj_bias.float(),
                               delta_softplus=True, index=index, merge=merge, dt_weight=self.dt_proj_weight)
-        delta = _per_direction_linear(dt, self.dt_proj_weight)
+        delta = expand_lowrank_dt(dt, self.dt_proj_weight)
         return multi_scan(u, delta, A, B, C, self.D.float(), delta_bias=self.dt_proj_bias.float(),
                           delta_softplus=True, index=index, merge=merge)
-
-
-def _per_direction_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``einsum('blkr,kdr->blkd', x, weight)`` into a contiguous (b, L, K, d) tensor.
-
-    The einsum's result is a permuted view of a (K, b*L, d) product, which the scan kernels copy
-    to make contiguous: two delta-sized tensors at once. Here each direction's product is
-    written straight into its slice of one buffer (a (b, L, d) temporary at a time)."""
-    b, L, K, _ = x.shape
-    if K == 1:
-        return F.linear(x, weight[0])
-    out = None
-    for k in range(K):
-        yk = F.linear(x[:, :, k], weight[k])
-        if out is None:
-            out = yk.new_empty((b, L, K, yk.shape[-1]))   # a tuple: MONAI MetaTensor needs one
-        out[:, :, k] = yk
-        del yk
-    return out
 
 
 def _dt_rank(dt_rank, d_model: int) -> int:

@@ -15,6 +15,7 @@ accumulates the merged output in grid order, so no K permuted copies are written
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ._checks import check_same_device, check_shape, check_tensor, describe
 from .backend import choose_backend
@@ -104,9 +105,24 @@ def multi_scan_ref(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     return y.to(u.dtype)
 
 
-def expand_lowrank_dt(dt, dt_weight):
-    """The full delta (b, L, K, d) from a low-rank dt (b, L, K, R) and dt_proj weights (K, d, R)."""
-    return torch.einsum("blkr,kdr->blkd", dt, dt_weight.to(dt.dtype))
+def expand_lowrank_dt(dt: torch.Tensor, dt_weight: torch.Tensor) -> torch.Tensor:
+    """The full delta (b, L, K, d) = ``einsum('blkr,kdr->blkd', dt, dt_weight)`` from a low-rank
+    dt (b, L, K, R) and dt_proj weights (K, d, R), as one contiguous tensor.
+
+    An einsum would return a permuted view of a (K, b*L, d) product, which the scan kernels then
+    copy to make contiguous (two delta-sized tensors at once); here each direction's product is
+    written straight into its slice of one buffer (one (b, L, d) temporary at a time)."""
+    b, L, K, _ = dt.shape
+    if K == 1:
+        return F.linear(dt, dt_weight[0].to(dt.dtype))
+    out = None
+    for k in range(K):
+        yk = F.linear(dt[:, :, k], dt_weight[k].to(dt.dtype))
+        if out is None:
+            out = yk.new_empty((b, L, K, yk.shape[-1]))   # a size tuple: MONAI's MetaTensor needs one
+        out[:, :, k] = yk
+        del yk
+    return out
 
 
 def multi_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, index=None,
@@ -142,8 +158,7 @@ def multi_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, 
         except ImportError:
             multi_scan_triton = None
         if multi_scan_triton is not None:
-            kw = {} if dt_weight is None else dict(dt_weight=dt_weight)
-            out = multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge, **kw)
+            out = multi_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, index, merge, dt_weight)
             if out is not None:     # None: a case the fused kernels do not cover (N > 32)
                 return out.to(u.dtype)
     if dt_weight is not None:
