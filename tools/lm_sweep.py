@@ -72,7 +72,6 @@ import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
@@ -232,20 +231,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def write_reports(out: Path, run_dir: Path, rows: list[dict], meta: dict, bundle: bool):
-    from vscan.engine.io import atomic_write_json
+    from vscan.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
     meta = {**meta, "elapsed_s": round(time.time() - T_START, 1), "done": len(rows)}
     atomic_write_json(out / "summary.json", {"meta": meta, "runs": rows})
-    tmp = out / "summary.md.tmp"
-    tmp.write_text(markdown(rows, meta))
-    os.replace(tmp, out / "summary.md")
+    atomic_write_text(out / "summary.md", markdown(rows, meta))
     if bundle and run_dir.exists():
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             for p in sorted(run_dir.rglob("*")):
                 if p.is_file() and p.suffix in (".json", ".csv", ".png"):
                     tar.add(p, arcname=str(Path("runs") / p.relative_to(run_dir)))
-        (out / "runs.tar.gz.tmp").write_bytes(buf.getvalue())
-        os.replace(out / "runs.tar.gz.tmp", out / "runs.tar.gz")
+        atomic_write_bytes(out / "runs.tar.gz", buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- main

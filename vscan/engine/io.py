@@ -50,6 +50,10 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def atomic_write_bytes(path, data: bytes):
+    return _atomic(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path, text: str):
     return _atomic(path, lambda f: f.write(text), mode="w")
 
