@@ -127,6 +127,18 @@ def time_shape(name, shape, with_ref=True):
     return res
 
 
+def use_kernel(kind, tile=None):
+    """Select the kernel family and, for the sequential kernels, a tile ('T,W,SUB,P' ->
+    VSCAN_SCAN_SEQ) or a backward variant ('bwd:P,R' -> VSCAN_SCAN_BWD); None: the defaults."""
+    os.environ["VSCAN_SCAN_KERNEL"] = kind
+    os.environ.pop("VSCAN_SCAN_SEQ", None)
+    os.environ.pop("VSCAN_SCAN_BWD", None)
+    if tile and tile.startswith("bwd:"):
+        os.environ["VSCAN_SCAN_BWD"] = tile[4:]
+    elif tile:
+        os.environ["VSCAN_SCAN_SEQ"] = tile
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/bench_scan.json")
@@ -149,14 +161,10 @@ def main(argv=None):
     ok = True
     gates = [("sequential", ""), ("chunked", "")] + [("sequential", v) for v in args.bwd_variants.split(";") if v]
     for kind, bwd in gates:
-        os.environ["VSCAN_SCAN_KERNEL"] = kind
-        os.environ.pop("VSCAN_SCAN_BWD", None)
-        if bwd:
-            os.environ["VSCAN_SCAN_BWD"] = bwd
+        use_kernel(kind, "bwd:" + bwd if bwd else None)
         sub = {}
         ok &= check_correctness(sub)
         report.setdefault("correctness", {})[kind + (f" bwd {bwd}" if bwd else "")] = sub["correctness"]
-    os.environ.pop("VSCAN_SCAN_BWD", None)
     if not ok:
         print("CORRECTNESS FAILED: not timing")
         write_json(args.out, report)
@@ -170,13 +178,7 @@ def main(argv=None):
     configs += [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
     rows = []
     for kind, tile in configs:
-        os.environ["VSCAN_SCAN_KERNEL"] = kind
-        os.environ.pop("VSCAN_SCAN_SEQ", None)
-        os.environ.pop("VSCAN_SCAN_BWD", None)
-        if tile and tile.startswith("bwd:"):
-            os.environ["VSCAN_SCAN_BWD"] = tile[4:]
-        elif tile:
-            os.environ["VSCAN_SCAN_SEQ"] = tile
+        use_kernel(kind, tile)
         for name in names:
             shape, cuda_fwd, cuda_all = SHAPES[name]
             r = time_shape(name, shape, with_ref=(kind == "sequential" and tile is None and not args.no_ref))
