@@ -52,7 +52,8 @@ def rel(a, b):
 
 def op_grads(x, index, merge, gy, fn):
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
-    y = fn(*[leaves[k] for k in NAMES], delta_softplus=True, index=index, merge=merge)
+    extra = {"dt_weight": leaves["dt_weight"]} if "dt_weight" in leaves else {}
+    y = fn(*[leaves[k] for k in NAMES], delta_softplus=True, index=index, merge=merge, **extra)
     gs = torch.autograd.grad((y.float() * gy).sum(), list(leaves.values()))
     return y.detach(), dict(zip(leaves, gs))
 
@@ -61,17 +62,27 @@ def fused(*a, **k):
     return ms.multi_scan(*a, **k)
 
 
-def explicit(*a, **k):
-    return ms.multi_scan_ref(*a, **k)      # per-direction selective_scan: Triton on CUDA
+def explicit(u, delta, *a, dt_weight=None, **k):
+    """Per-direction selective_scan (Triton on CUDA); a low-rank dt is expanded first."""
+    if dt_weight is not None:
+        delta = ms.expand_lowrank_dt(delta, dt_weight)
+    return ms.multi_scan_ref(u, delta, *a, **k)
 
 
 def check_correctness():
     rows = []
-    for order, grid, N, merge, shared in [("cross", (23, 31), 16, "sum", True), ("tri_orientation", (6, 7, 9), 4, "mean", False),
-                                          ("video", (5, 8, 8), 1, "concat", True)]:
+    for order, grid, N, merge, shared, rank in [("cross", (23, 31), 16, "sum", True, 0),
+                                                ("tri_orientation", (6, 7, 9), 4, "mean", False, 0),
+                                                ("video", (5, 8, 8), 1, "concat", True, 0),
+                                                ("cross", (23, 31), 16, "sum", True, 6),    # fused dt_proj
+                                                ("cross", (23, 31), 1, "sum", True, 6)]:
         index = get_order(order).index(grid, "cuda")
         K, L = index.shape
         x32 = make(2, L, K, 96, N, torch.float32, shared=shared)
+        if rank:      # low-rank dt (b, L, K, rank) and dt_proj weights (K, d, rank)
+            g = torch.Generator(device="cuda").manual_seed(1)
+            x32["delta"] = torch.randn(2, L, K, rank, device="cuda", generator=g) * 0.5
+            x32["dt_weight"] = torch.randn(K, 96, rank, device="cuda", generator=g) * 0.3
         gy = torch.randn((2, L, K, 96) if merge == "concat" else (2, L, 96), device="cuda")
         y64, g64 = op_grads({k: v.double() for k, v in x32.items()}, index, merge, gy.double(),
                             lambda *a, **k: ms.multi_scan(*a, backend="reference", **k))
@@ -79,7 +90,7 @@ def check_correctness():
         x16 = {k: v.to(torch.bfloat16) if k in ("u", "delta", "B", "C") else v for k, v in x32.items()}
         y16, g16 = op_grads(x16, index, merge, gy, fused)
         y16r, g16r = op_grads(x16, index, merge, gy, explicit)
-        row = dict(order=order, grid=grid, N=N, merge=merge, shared_u=shared,
+        row = dict(order=order, grid=grid, N=N, merge=merge, shared_u=shared, dt_rank=rank,
                    fp32_out=rel(y32, y64), fp32_grads_max=max(rel(g32[k], g64[k]) for k in g64),
                    bf16_out=rel(y16, y64), bf16_out_explicit=rel(y16r, y64),
                    bf16_grads_max=max(rel(g16[k], g64[k]) for k in g64),

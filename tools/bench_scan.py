@@ -149,6 +149,8 @@ def main(argv=None):
                     help="sequential backward variants to time too, 'P,R;P,R' (VSCAN_SCAN_BWD: B/C prefetch 0/1, "
                          "register cap or 0)")
     ap.add_argument("--no-chunked", action="store_true", help="skip the chunked kernels")
+    ap.add_argument("--tiles", default="",
+                    help="sequential tiles to time too (correctness-gated), 'T,W,SUB,P[,BLOCK_D];...' (VSCAN_SCAN_SEQ)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_scan needs a CUDA GPU (the reference alone is timed by the CPU tests)")
@@ -159,12 +161,15 @@ def main(argv=None):
     report["ceilings"] = dict(copy_TBps=bw / 1e12, exp2_Tps=exprate / 1e12)
     print("ceilings", report["ceilings"], flush=True)
     ok = True
-    gates = [("sequential", ""), ("chunked", "")] + [("sequential", v) for v in args.bwd_variants.split(";") if v]
-    for kind, bwd in gates:
-        use_kernel(kind, "bwd:" + bwd if bwd else None)
+    extra_tiles = [t for t in args.tiles.split(";") if t]
+    gates = ([("sequential", None)] + ([] if args.no_chunked else [("chunked", None)])
+             + [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
+             + [("sequential", t) for t in extra_tiles])
+    for kind, tile in gates:
+        use_kernel(kind, tile)
         sub = {}
         ok &= check_correctness(sub)
-        report.setdefault("correctness", {})[kind + (f" bwd {bwd}" if bwd else "")] = sub["correctness"]
+        report.setdefault("correctness", {})[kind + (f" {tile}" if tile else "")] = sub["correctness"]
     if not ok:
         print("CORRECTNESS FAILED: not timing")
         write_json(args.out, report)
@@ -176,6 +181,7 @@ def main(argv=None):
     if args.sweep:
         configs += [("sequential", t) for t in ("64,2,8,8", "64,1,16,16", "64,1,8,32", "64,4,8,4", "32,1,8,16")]
     configs += [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
+    configs += [("sequential", t) for t in extra_tiles]
     rows = []
     for kind, tile in configs:
         use_kernel(kind, tile)
