@@ -25,6 +25,9 @@ def test_sweep_smoke_writes_every_run(tmp_path):
     mod = _load()
     out = tmp_path / "out"
     only = "d16_kv2,induction"
+    stale = tmp_path / "runs" / "mqar_old_run"        # an earlier sweep's folder in the same run dir
+    stale.mkdir(parents=True)
+    (stale / "metrics.json").write_text("{}")
     assert mod.main(["--smoke", "--device", "cpu", "--time-budget", "40", "--reserve", "1", "--max-steps", "12",
                      "--only", only, "--out", str(out), "--run-dir", str(tmp_path / "runs")]) == 0
     res = json.loads((out / "summary.json").read_text())
@@ -42,6 +45,7 @@ def test_sweep_smoke_writes_every_run(tmp_path):
     with tarfile.open(out / "runs.tar.gz") as tar:
         members = set(tar.getnames())
     assert all(f"runs/{n}/metrics.json" in members for n in names)
+    assert not any("mqar_old_run" in m for m in members)     # only this sweep's runs are bundled
 
 
 def test_fixed_shape_loss_equals_mask_loss():

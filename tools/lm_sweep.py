@@ -98,6 +98,8 @@ def plan(a) -> list[dict]:
               "--grad-clip", "1.0", "--device", a.device, "--amp", a.amp, "--seed", str(a.seed)]
     if a.threads:
         common += ["--threads", str(a.threads)]
+    if getattr(a, "cuda_graph", False):
+        common.append("--cuda-graph")
 
     def mqar(model, d, kv):
         argv = ["--model", model, "--task", "mqar", "--d-model", str(d), "--num-kv", str(kv),
@@ -238,9 +240,10 @@ def write_reports(out: Path, run_dir: Path, rows: list[dict], meta: dict, bundle
     if bundle and run_dir.exists():
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for p in sorted(run_dir.rglob("*")):
-                if p.is_file() and p.suffix in (".json", ".csv", ".png"):
-                    tar.add(p, arcname=str(Path("runs") / p.relative_to(run_dir)))
+            for name in sorted({r["name"] for r in rows}):   # this sweep's runs only, not older ones in run_dir
+                for p in sorted((run_dir / name).rglob("*")):
+                    if p.is_file() and p.suffix in (".json", ".csv", ".png"):
+                        tar.add(p, arcname=str(Path("runs") / p.relative_to(run_dir)))
         atomic_write_bytes(out / "runs.tar.gz", buf.getvalue())
 
 
@@ -256,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--cuda-graph", action="store_true", help="lm.py --cuda-graph: replay each step from a CUDA graph")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default="", help="comma-separated substrings of run names to keep")
     p.add_argument("--isolate", action="store_true", help="one process per run")

@@ -8,7 +8,9 @@ byte-level text corpus. Writes ``metrics.json``, ``metrics.csv``, ``curves.png``
 On a GPU (``--device auto`` picks CUDA when there is one) training runs under bf16 autocast
 (``--amp auto``), draws the synthetic batches on the device, uses fused AdamW, and makes no
 host sync per step of its own: losses are read only at evaluations (every ``--eval-every``
-steps), on a fixed evaluation set drawn once. CPU runs behave as before.
+steps), on a fixed evaluation set drawn once. CPU runs behave as before. ``--cuda-graph``
+replays each training step (forward, backward, clipping, AdamW) from one captured CUDA graph:
+the small models of the recall benchmarks are bound by kernel launches, not arithmetic.
 """
 from __future__ import annotations
 
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
                    help="autocast dtype; auto = bf16 on a CUDA device that supports it, none elsewhere")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA only: replay the training step from a captured CUDA graph (after 3 eager steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=Path("runs/lm"))
@@ -232,12 +236,74 @@ def _lr_at(step, args, elapsed: float = 0.0):
     return args.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
 
-def _optimizer(model, args):
+def _optimizer(model, args, graph: bool = False):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     fused = {"fused": True} if next(model.parameters()).device.type == "cuda" else {}
+    lr = args.lr
+    if graph:   # a captured step reads the learning rate from a tensor that is refilled each step
+        fused["capturable"] = True
+        lr = torch.tensor(args.lr, device=next(model.parameters()).device)
     return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), **fused)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), **fused)
+
+
+class _TrainStep:
+    """One optimisation step, ``step(x, y, lr, check_ids) -> (loss, acc)`` as device tensors.
+
+    Eager by default. With ``graph=True`` (CUDA) the first ``WARMUP`` calls run eagerly on a side
+    stream (Triton compiles, the allocator settles), the next one captures forward, backward,
+    clipping and the optimizer step into a CUDA graph, and every call from then on copies its
+    batch into the graph's static inputs and replays it. Every call is a real step on its own
+    batch. Autocast's weight cache is off under capture, as CUDA graphs require."""
+
+    WARMUP = 3
+
+    def __init__(self, model, opt, labels_per_row, device, amp_dtype, grad_clip, graph=False):
+        self.model, self.opt, self.k = model, opt, labels_per_row
+        self.device, self.amp_dtype, self.grad_clip, self.graph = device, amp_dtype, grad_clip, graph
+        self.calls, self.cuda_graph, self.static = 0, None, None
+
+    def _body(self, x, y, check_ids):
+        model = self.model
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
+                            cache_enabled=not self.graph):
+            loss, acc = _loss_and_acc(model, x, y, self.k, check_ids=check_ids)
+        total = loss + model.aux_loss_coef * model.aux_loss() if model.aux_loss_coef else loss
+        total.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        self.opt.step()
+        return loss.detach(), acc.detach()
+
+    def __call__(self, x, y, lr, check_ids=False):
+        self.calls += 1
+        if not self.graph:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            return self._body(x, y, check_ids)
+        for group in self.opt.param_groups:
+            group["lr"].fill_(lr)
+        if self.calls <= self.WARMUP:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self.opt.zero_grad(set_to_none=True)
+                out = self._body(x, y, check_ids)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        if self.cuda_graph is None:
+            self.static = (x.clone(), y.clone())
+            self.opt.zero_grad(set_to_none=True)      # backward in the graph then writes fresh grads
+            self.cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.cuda_graph):
+                self.out = self._body(*self.static, False)
+        else:
+            self.static[0].copy_(x)
+            self.static[1].copy_(y)
+        self.cuda_graph.replay()
+        return self.out
 
 
 def train(args) -> dict:
@@ -256,7 +322,10 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     task = make_task(args)
     model = build_model(args, task.vocab_size).to(device)
-    opt = _optimizer(model, args)
+    graph = bool(getattr(args, "cuda_graph", False))
+    if graph and device.type != "cuda":
+        raise SystemExit(f"vscan lm: --cuda-graph needs a CUDA device, got --device {device}")
+    opt = _optimizer(model, args, graph)
     data = _Data(task, args, device)
     k = getattr(task, "labels_per_row", None)
     ev = lambda L=None: evaluate(model, task, args, seq_len=L, data=data, amp_dtype=amp_dtype)  # noqa: E731
@@ -266,19 +335,11 @@ def train(args) -> dict:
     t0 = time.time()
     best_acc, stopped = ev_acc, "steps"
     bar = tqdm(range(args.steps), desc=f"{args.model}/{args.task}", disable=args.quiet, dynamic_ncols=True)
+    train_step = _TrainStep(model, opt, k, device, amp_dtype, args.grad_clip, graph)
     for step in bar:
         lr = _lr_at(step, args, time.time() - t0)
-        for group in opt.param_groups:
-            group["lr"] = lr
         x, y = data.train_batch()
-        with _autocast(device, amp_dtype):
-            loss, acc = _loss_and_acc(model, x, y, k, check_ids=step == 0)
-        total = loss + model.aux_loss_coef * model.aux_loss() if model.aux_loss_coef else loss
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        if args.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
+        loss, acc = train_step(x, y, lr, check_ids=step == 0)
         last = step + 1 == args.steps
         out_of_time = args.time_limit is not None and time.time() - t0 > args.time_limit
         if (step + 1) % args.eval_every == 0 or last or out_of_time:
