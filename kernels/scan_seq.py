@@ -47,13 +47,15 @@ def _state_index(BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _tile_index(pid_d, DIM, NSTATE, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr):
-    """Channel and state indices of a program's [BLOCK_N, BLOCK_D] tile and their masks."""
+def _tile_index(pid_d, DIM, NSTATE, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, pid_n):
+    """Channel and state indices of a program's [BLOCK_N, BLOCK_D] tile and their masks; the
+    tile holds states pid_n * BLOCK_N ... (pid_n > 0 only when a backward splits N)."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = _state_index(BLOCK_N)
+    local_n = _state_index(BLOCK_N)
+    offs_n = pid_n * BLOCK_N + local_n
     dmask = offs_d < DIM
     if EVEN_N:  # a mask of compile-time trues, folded away: no per-state mask arithmetic per step
-        nmask = offs_n < BLOCK_N
+        nmask = local_n < BLOCK_N
     else:
         nmask = offs_n < NSTATE
     return offs_d, offs_n, dmask, nmask, nmask[:, None] & dmask[None, :]
@@ -220,7 +222,7 @@ def scan_fwd_seq_kernel(
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
-    offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N)
+    offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N, 0)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
     bb, kk = _dir_split(pid_b, K_DIR)
@@ -362,12 +364,18 @@ def scan_bwd_seq_kernel(
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
     HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr, PREFETCH_BC: tl.constexpr = True,
-    LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1,
+    LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1, NSPLIT: tl.constexpr = 1,
 ):
-    pid_d = tl.program_id(0)
+    # NSPLIT > 1: the N states are split over NSPLIT programs (grid axis 0 = channel block x
+    # split), BLOCK_N = N / NSPLIT each, for fewer registers per thread; the sums over N (du,
+    # ddelta, dz) are then added atomically into float32 buffers, and the per-channel
+    # accumulators (dD, delta_bias, dW) get one slot per split.
+    pid_x = tl.program_id(0)
+    pid_d = pid_x // NSPLIT
+    pid_n = pid_x % NSPLIT
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
-    offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N)
+    offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N, pid_n)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
     bb, kk = _dir_split(pid_b, K_DIR)
@@ -393,11 +401,13 @@ def scan_bwd_seq_kernel(
     carry_ptr += pid_b * s_cb
     # this program's scratch: SUB per-step state tiles, then BLOCK_T // SUB sub-chunk start tiles
     tile = BLOCK_N * BLOCK_D
-    scratch_ptr += ((pid_b * tl.num_programs(0) + pid_d) * n_seg + pid_s) * ((SUB + BLOCK_T // SUB) * tile)
-    s_tile = scratch_ptr + offs_n[:, None] * BLOCK_D + (BLOCK_D - 1 - tl.arange(0, BLOCK_D))[None, :]
+    scratch_ptr += ((pid_b * tl.num_programs(0) + pid_x) * n_seg + pid_s) * ((SUB + BLOCK_T // SUB) * tile)
+    s_tile = scratch_ptr + _state_index(BLOCK_N)[:, None] * BLOCK_D + (BLOCK_D - 1 - tl.arange(0, BLOCK_D))[None, :]
     A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
     bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
     Dv = _channel_vector(D_ptr, offs_d, dmask, HAS_D)
+    if NSPLIT > 1:  # the D*u skip term belongs to the first split only
+        Dv = Dv * (pid_n == 0).to(tl.float32)
     Bc = _const_tile(B_ptr, offs_n, nmask, offs_d, dmask, NSTATE, B_VARY)
     Cc = _const_tile(C_ptr, offs_n, nmask, offs_d, dmask, NSTATE, C_VARY)
     dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -500,19 +510,24 @@ def scan_bwd_seq_kernel(
                         y = tl.sum(ht * Ct, axis=0)
                         if HAS_D:
                             y += u * Dv
-                        dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                        tl.store(dz_ptr + r * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=dmask)
+                        dz = dout * y * sz * (1.0 + zz * (1.0 - sz))    # linear in y: splits add up
+                        if NSPLIT > 1:
+                            tl.atomic_add(dz_ptr + r * s_ul + offs_d, dz, mask=dmask)
+                        else:
+                            tl.store(dz_ptr + r * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=dmask)
                     if SOFTPLUS:
                         ddt = ddt * tl.sigmoid(dt_pre)
                     ddt = tl.where(dmask, ddt, 0.0)
                     dbias_acc += ddt
-                    if DU_ATOMIC:  # u shared by the directions: their du add up in float32
+                    if DU_ATOMIC or NSPLIT > 1:  # u shared by the directions / N split: add up in float32
                         tl.atomic_add(du_ptr + r * s_ul + offs_d, du, mask=dmask)
                     else:
                         tl.store(du_ptr + r * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
                     if LOWRANK:  # d(low-rank dt) = W^T ddt, summed over the block's channels; dW = ddt dt^T
                         tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1), mask=rmask)
                         dW_acc += dt_cur[:, None] * ddt[None, :]
+                    elif NSPLIT > 1:
+                        tl.atomic_add(ddt_ptr + r * s_dtl + offs_d, ddt, mask=dmask)
                     else:
                         tl.store(ddt_ptr + r * s_dtl + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
                 dh = a * dh
@@ -525,8 +540,11 @@ def scan_bwd_seq_kernel(
             tl.store(_state_ptrs(dB_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE), dBc_acc, mask=m_nd)
         if not C_VARY:
             tl.store(_state_ptrs(dC_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE), dCc_acc, mask=m_nd)
-        tl.store(dD_ptr + seg_off * DIM + offs_d, dD_acc, mask=dmask)
-        tl.store(dbias_ptr + seg_off * DIM + offs_d, dbias_acc, mask=dmask)
+        ch_off = seg_off * NSPLIT + pid_n     # per-channel partials: one slot per (segment, split)
+        if NSPLIT > 1:
+            dD_acc = dD_acc * (pid_n == 0).to(tl.float32)
+        tl.store(dD_ptr + ch_off * DIM + offs_d, dD_acc, mask=dmask)
+        tl.store(dbias_ptr + ch_off * DIM + offs_d, dbias_acc, mask=dmask)
         if LOWRANK:
-            tl.store(dW_ptr + seg_off * DIM * RANK + offs_d[None, :] * RANK + offs_r[:, None], dW_acc,
+            tl.store(dW_ptr + ch_off * DIM * RANK + offs_d[None, :] * RANK + offs_r[:, None], dW_acc,
                      mask=rmask[:, None] & dmask[None, :])

@@ -26,8 +26,9 @@ SEQ_MAX_N = 32
 FWD_TILE = (64, 16, 2)
 BWD_TILE = (32, 16, 2)
 # Sequential: (BLOCK_T = chunk-state interval, num_warps, backward SUB, programs per SM);
-# BLOCK_D = 32 * num_warps. Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D]" (a smaller
-# BLOCK_D gives tests several channel blocks on tiny shapes).
+# BLOCK_D = 32 * num_warps. Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D[,NSPLIT]]" (a
+# smaller BLOCK_D gives tests several channel blocks on tiny shapes; NSPLIT > 1 splits the N
+# states of the backward over that many programs, see scan_bwd_seq_kernel).
 SEQ_TILE = (64, 1, 8, 16)
 # Sequential backward: (prefetch B/C one step ahead in the reverse pass, register cap or 0 for
 # none). Overridable with VSCAN_SCAN_BWD="P,R". Without a cap the reverse pass takes all 255
@@ -92,9 +93,11 @@ def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
 
 def _plan(L, dim, batch, N, ch_per_group, device):
     kind = _kernel_kind(N)
+    nsplit = 1
     if kind == "sequential":
-        bt, warps, sub, per_sm, *bd_env = _seq_tile()
-        bd_pref, bwarps = (bd_env[0] if bd_env else 32 * warps), warps
+        bt, warps, sub, per_sm, *extra = _seq_tile()
+        bd_pref, bwarps = (extra[0] if extra else 32 * warps), warps
+        nsplit = extra[1] if len(extra) > 1 else 1
     else:
         (bt, bd_pref, warps), (_bbt, _bbd, bwarps) = _tiles()   # backward reuses the forward T and D
         sub, per_sm = 0, 8
@@ -106,8 +109,12 @@ def _plan(L, dim, batch, N, ch_per_group, device):
     n_seg = max(1, min(n_chunks, want))
     cps = triton.cdiv(n_chunks, n_seg)
     n_seg = triton.cdiv(n_chunks, cps)
+    bn = triton.next_power_of_2(N)
+    if nsplit < 1 or nsplit & (nsplit - 1):
+        raise ValueError(f"VSCAN_SCAN_SEQ: NSPLIT must be a power of two >= 1, got {nsplit}")
+    nsplit = min(nsplit, bn)            # N = 1 cannot be split
     return dict(kind=kind, bt=bt, bd=bd, warps=warps, bwarps=bwarps, sub=min(sub, bt), single=single,
-                bn=triton.next_power_of_2(N), n_chunks=n_chunks, n_blk=n_blk, n_seg=n_seg, cps=cps)
+                bn=bn, n_chunks=n_chunks, n_blk=n_blk, n_seg=n_seg, cps=cps, nsplit=nsplit)
 
 
 def _c(t):
@@ -236,14 +243,19 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     carry = torch.zeros(bk, 2 * n_seg, dim, N, **f32)
     if dlast is not None:
         carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
-    du = torch.zeros(pr.u.shape, **f32) if du_atomic else torch.empty_like(pr.u)
+    # with the N states split over programs, du / ddelta / dz are sums of per-split parts
+    nsplit = p["nsplit"] if seq else 1
+    split = nsplit > 1
+    du = torch.zeros(pr.u.shape, **f32) if (du_atomic or split) else torch.empty_like(pr.u)
     # the low-rank dt's gradient is summed over channels in the kernel (atomics: float32 zeros)
-    ddelta = torch.zeros(pr.delta.shape, **f32) if pr.W32 is not None else torch.empty_like(pr.delta)
-    dW = torch.empty(bk, n_seg, dim, pr.rank, **f32) if pr.W32 is not None else None
-    dz = torch.empty_like(pr.z) if pr.z is not None else None
+    ddelta = torch.zeros(pr.delta.shape, **f32) if (pr.W32 is not None or split) else torch.empty_like(pr.delta)
+    dW = torch.empty(bk, n_seg * nsplit, dim, pr.rank, **f32) if pr.W32 is not None else None
+    dz = None
+    if pr.z is not None:
+        dz = torch.zeros(pr.z.shape, **f32) if split else torch.empty_like(pr.z)
     dA = torch.empty(bk, n_seg, dim, N, **f32)
-    dD = torch.empty(bk, n_seg, dim, **f32)
-    dbias = torch.empty(bk, n_seg, dim, **f32)
+    dD = torch.empty(bk, n_seg * nsplit, dim, **f32)
+    dbias = torch.empty(bk, n_seg * nsplit, dim, **f32)
     # the chunked kernels write one dB/dC partial per channel block of a group (summed below);
     # the sequential ones add into a single buffer
     bpg = max(1, pr.cpg // p["bd"]) if (p["single"] and not seq) else 1
@@ -262,7 +274,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
         ps = (0, 0, 0, 0, 0)
     if pr.B_vary and pr.C_vary:
         assert dB.stride() == dC.stride()
-    grid = (p["n_blk"], bk, n_seg)
+    grid = (p["n_blk"] * nsplit, bk, n_seg)
     common = dict(pr.flags(), num_warps=p["bwarps"])
     zz = pr.opt(pr.z)
     ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), dout)
@@ -271,6 +283,8 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     if seq:
         prefetch, maxnreg = _seq_bwd()
         common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch)
+        if split:
+            common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if maxnreg:
             common["maxnreg"] = maxnreg
         scratch = torch.empty(bk * p["n_blk"] * n_seg * (p["sub"] + p["bt"] // p["sub"]) * p["bn"] * p["bd"], **f32)
@@ -297,6 +311,10 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
         launch(1, loc)
         _combine(carry, loc, dtsum, pr, False, reverse=True)
     launch(0, carry)
+    if split:   # back to the dtypes of the unsplit kernel
+        du = du if du_atomic else du.to(pr.u.dtype)
+        ddelta = ddelta if pr.W32 is not None else ddelta.to(pr.delta.dtype)
+        dz = dz.to(pr.z.dtype) if dz is not None else None
     return dict(du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC, dW=dW, carry=carry)
 
 
