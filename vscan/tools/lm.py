@@ -262,7 +262,7 @@ class _TrainStep:
     def __init__(self, model, opt, labels_per_row, device, amp_dtype, grad_clip, graph=False):
         self.model, self.opt, self.k = model, opt, labels_per_row
         self.device, self.amp_dtype, self.grad_clip, self.graph = device, amp_dtype, grad_clip, graph
-        self.calls, self.cuda_graph, self.static = 0, None, None
+        self.calls, self.cuda_graph, self.static, self.out = 0, None, None, None
 
     def _body(self, x, y, check_ids):
         model = self.model
