@@ -60,3 +60,17 @@ def test_fixed_shape_loss_equals_mask_loss():
     # the device path draws the same numbers as the default CPU path
     x2, y2 = task.sample(6, torch.Generator().manual_seed(1), device=torch.device("cpu"))
     assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_lr_grid_runs_every_cell_per_rate_and_reports_the_best():
+    mod = _load()
+    a = mod.build_parser().parse_args(["--lrs", "1e-3,4e-3", "--only", "mqar_jamba_d64_kv16"])
+    runs = mod.plan(a)
+    assert [r["name"] for r in runs] == ["mqar_jamba_d64_kv16_lr0.001", "mqar_jamba_d64_kv16_lr0.004"]
+    for r, lr in zip(runs, ("0.001", "0.004")):
+        assert r["argv"][r["argv"].index("--lr") + 1] == lr
+    rows = [mod.row_of({**spec, "argv": []}, None, "ok", 1.0, 1.0) for spec in runs]
+    rows[0].update(acc=0.5, steps=10, train_s=1.0)
+    rows[1].update(acc=0.9, steps=12, train_s=1.0)
+    md = mod.markdown(rows, {"command": "x", "env": "y", "elapsed_s": 1, "time_budget": 2, "done": 2, "planned": 2})
+    assert "| jamba | 0.900 (12 st, 1 s, lr 0.004) |" in md, md
