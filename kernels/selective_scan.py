@@ -61,6 +61,16 @@ def _seq_bwd():
     return bool(prefetch), maxnreg
 
 
+def _lowrank_dot(block_d: int) -> bool:
+    """Low-rank dt in the sequential backward: reduce d(low-rank dt) once per sub-chunk with a
+    ``tl.dot`` instead of a cross-lane sum per step (opt-in with VSCAN_SCAN_LOWRANK_DOT=1 until it
+    is measured on a GPU; needs channel blocks of at least 16, the smallest ``tl.dot``)."""
+    flag = os.environ.get("VSCAN_SCAN_LOWRANK_DOT", "0").strip()
+    if flag not in ("0", "1"):
+        raise ValueError(f"VSCAN_SCAN_LOWRANK_DOT: expected 0 or 1, got {flag!r}")
+    return flag == "1" and block_d >= 16
+
+
 def _seq_tile():
     env = os.environ.get("VSCAN_SCAN_SEQ")
     return tuple(map(int, env.split(","))) if env else SEQ_TILE
@@ -287,7 +297,12 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if maxnreg:
             common["maxnreg"] = maxnreg
-        scratch = torch.empty(bk * p["n_blk"] * n_seg * (p["sub"] + p["bt"] // p["sub"]) * p["bn"] * p["bd"], **f32)
+        per_prog = (p["sub"] + p["bt"] // p["sub"]) * (p["bn"] // nsplit) * p["bd"]
+        if pr.W32 is not None and _lowrank_dot(p["bd"]):
+            subp = max(16, triton.next_power_of_2(p["sub"]))
+            common.update(LR_DOT=True, SUBP=subp, BLOCK_R16=max(16, triton.next_power_of_2(pr.rank)))
+            per_prog += subp * p["bd"]
+        scratch = torch.empty(bk * p["n_blk"] * nsplit * n_seg * per_prog, **f32)
         scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg, pr.K, float(dout_scale), pr.rank,
                    *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC)
     else:
