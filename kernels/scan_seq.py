@@ -28,6 +28,11 @@ scalar load, prefetched with the rest) and uses its own A, D and delta_bias; out
 grid row, added atomically when the directions are merged by sum/mean (OUT_ATOMIC, and DU_ATOMIC
 for the gradient of a shared u). Without an index (HAS_IDX off) a direction reads row t: the
 single scan is the case K = 1.
+
+Two backward variants are opt-in until a GPU has timed them (results/bench_scan_h200.md,
+results/bench_multi_scan/README.md): NSPLIT splits a block's N states over several programs
+(fewer registers per thread; the sums over N become float32 atomics), and LR_DOT reduces the
+low-rank dt's gradient once per sub-chunk with a ``tl.dot`` instead of at every step.
 """
 import triton
 import triton.language as tl
