@@ -93,3 +93,19 @@ def write_json(path, obj):
     """Results JSON, written atomically (vscan.engine.io)."""
     from vscan.engine.io import atomic_write_json
     return atomic_write_json(path, obj)
+
+
+def add_row(rows: list, row: dict, out, report: dict) -> None:
+    """Append a result row, print it (floats rounded), and rewrite the results file with every
+    row so far, so a run cut short keeps what it measured."""
+    rows.append(row)
+    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    write_json(out, dict(report, rows=rows))
+
+
+def print_markdown(header: list[str], lines: list[list[str]]) -> None:
+    """A Markdown table of pre-formatted cells, for pasting into a results README."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for cells in lines:
+        print("| " + " | ".join(cells) + " |")

@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_common import bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s, write_json  # noqa: E402
+from bench_common import (add_row, bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s,  # noqa: E402
+                          print_markdown, write_json)
 
 ms = importlib.import_module("vscan.ops.multi_scan")
 from vscan.layers import multidir  # noqa: E402
@@ -204,18 +205,17 @@ def main(argv=None):
                 row["lowrank_speedup_fwdbwd"] = row["explicit_fwdbwd_ms"] / row["fused_lowrank_fwdbwd_ms"]
                 row["lowrank_mem_ratio_fwdbwd"] = (row["explicit_fwdbwd_peak_extra_mib"]
                                                    / row["fused_lowrank_fwdbwd_peak_extra_mib"])
-            rows.append(row)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-            write_json(args.out, dict(report, rows=rows))
+            add_row(rows, row, args.out, report)
     report["rows"] = rows
     write_json(args.out, report)
-    print("\n| level | N | fused fwd / f+b ms | explicit fwd / f+b ms | speed-up fwd / f+b | peak extra MiB f+b fused / explicit (ratio) | fused floor frac fwd / f+b |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        frac = (f"{r['fused_frac_floor_fwd']:.3f} / {r['fused_frac_floor_fwdbwd']:.3f}" if "fused_frac_floor_fwd" in r else "-")
-        print(f"| {r['level']} | {r['N']} | {r['fused_fwd_ms']:.3f} / {r['fused_fwdbwd_ms']:.3f} | "
-              f"{r['explicit_fwd_ms']:.3f} / {r['explicit_fwdbwd_ms']:.3f} | {r['speedup_fwd']:.2f} / {r['speedup_fwdbwd']:.2f} | "
-              f"{r['fused_fwdbwd_peak_extra_mib']:.0f} / {r['explicit_fwdbwd_peak_extra_mib']:.0f} ({r['mem_ratio_fwdbwd']:.1f}x) | {frac} |")
+    print_markdown(
+        ["level", "N", "fused fwd / f+b ms", "explicit fwd / f+b ms", "speed-up fwd / f+b",
+         "peak extra MiB f+b fused / explicit (ratio)", "fused floor frac fwd / f+b"],
+        [[r["level"], str(r["N"]), f"{r['fused_fwd_ms']:.3f} / {r['fused_fwdbwd_ms']:.3f}",
+          f"{r['explicit_fwd_ms']:.3f} / {r['explicit_fwdbwd_ms']:.3f}", f"{r['speedup_fwd']:.2f} / {r['speedup_fwdbwd']:.2f}",
+          f"{r['fused_fwdbwd_peak_extra_mib']:.0f} / {r['explicit_fwdbwd_peak_extra_mib']:.0f} ({r['mem_ratio_fwdbwd']:.1f}x)",
+          f"{r['fused_frac_floor_fwd']:.3f} / {r['fused_frac_floor_fwdbwd']:.3f}" if "fused_frac_floor_fwd" in r else "-"]
+         for r in rows])
     for r in rows:
         if "lowrank_speedup_fwdbwd" in r:
             print(f"layer N={r['N']} with fuse_dt_proj: fwd / f+b {r['fused_lowrank_fwd_ms']:.3f} / "

@@ -17,7 +17,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_common import bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s, time_once_ms, write_json  # noqa: E402
+from bench_common import (add_row, bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s,  # noqa: E402
+                          print_markdown, time_once_ms, write_json)
 
 from vscan.ops import selective_scan  # noqa: E402
 
@@ -197,17 +198,15 @@ def main(argv=None):
             if "ref_fwd_ms" in r:
                 r["speedup_vs_ref_fwd"] = r["ref_fwd_ms"] / r["fwd_ms"]
                 r["speedup_vs_ref_fwdbwd"] = r["ref_fwdbwd_ms"] / r["fwdbwd_ms"]
-            rows.append(r)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
-            write_json(args.out, dict(report, rows=rows))
+            add_row(rows, r, args.out, report)
     report["rows"] = rows
     write_json(args.out, report)
-    print("\n| shape | kernel, tile | fwd ms | fwd+bwd ms | floor frac fwd | floor frac f+b | x mamba CUDA fwd | x mamba CUDA f+b | x ref f+b |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['name']} {tuple(r['shape'])} | {r['kernel']}, {r['tile']} | {r['fwd_ms']:.3f} | {r['fwdbwd_ms']:.3f} | "
-              f"{r['frac_floor_fwd']:.2f} | {r['frac_floor_fwdbwd']:.2f} | {r['vs_cuda_fwd']:.2f} | "
-              f"{r['vs_cuda_fwdbwd']:.2f} | {r.get('speedup_vs_ref_fwdbwd', float('nan')):.0f} |")
+    print_markdown(
+        ["shape", "kernel, tile", "fwd ms", "fwd+bwd ms", "floor frac fwd", "floor frac f+b", "x mamba CUDA fwd",
+         "x mamba CUDA f+b", "x ref f+b"],
+        [[f"{r['name']} {tuple(r['shape'])}", f"{r['kernel']}, {r['tile']}", f"{r['fwd_ms']:.3f}", f"{r['fwdbwd_ms']:.3f}",
+          f"{r['frac_floor_fwd']:.2f}", f"{r['frac_floor_fwdbwd']:.2f}", f"{r['vs_cuda_fwd']:.2f}",
+          f"{r['vs_cuda_fwdbwd']:.2f}", f"{r.get('speedup_vs_ref_fwdbwd', float('nan')):.0f}"] for r in rows])
     return 0
 
 
