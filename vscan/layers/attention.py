@@ -176,7 +176,7 @@ class CausalSelfAttention(nn.Module):
     def _mask(self, view: KVView):
         if view.q_pos.shape[0] == 1:   # one query attends over a cache view: all of it is in range
             return None, False
-        if self.window is None and view.k_pos is view.q_pos and view.q_pos.shape[0] > 1:
+        if self.window is None and view.k_pos is view.q_pos:
             return None, True          # no cache: keys are the queries, plain causal (no host sync)
         if (self.window is None and view.k.shape[2] == view.q_pos.shape[0] and view.q_pos.shape[0] > 1
                 and bool((view.k_pos == view.q_pos).all())):

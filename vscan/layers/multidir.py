@@ -33,8 +33,9 @@ class MultiDirSSM(nn.Module):
 
     ``fuse_dt_proj=True`` hands multi_scan the low-rank dt and the dt_proj weights instead of
     the (b, L, K, d_inner) delta: on CUDA the kernels apply dt_proj per step, so neither delta
-    nor its gradient is stored (same function; opt-in until measured on a GPU, see
-    results/bench_multi_scan/README.md).
+    nor its gradient is stored (same function). A memory-for-time trade, hence opt-in: on an
+    H200, a VMamba-T stage-1 layer needed 37% less peak memory in forward+backward and took
+    1.13-1.5x as long (results/bench_multi_scan/README.md).
     """
 
     def __init__(self, d_inner: int, num_directions: int, d_state: int = 1, dt_rank: int = 8,
@@ -72,12 +73,12 @@ class MultiDirSSM(nn.Module):
             x_dbl = torch.einsum("blkd,krd->blkr", u, self.x_proj_weight)
         dt, B, C = x_dbl.split([R, N, N], dim=-1)
         A = -torch.exp(self.A_log.float())
-        if self.fuse_dt_proj:
-            return multi_scan(u, dt, A, B, C, self.D.float(), delta_bias=self.dt_proj_bias.float(),
-                              delta_softplus=True, index=index, merge=merge, dt_weight=self.dt_proj_weight)
-        delta = expand_lowrank_dt(dt, self.dt_proj_weight)
+        if self.fuse_dt_proj:     # multi_scan applies dt_proj itself (inside the kernels on CUDA)
+            delta, dt_weight = dt, self.dt_proj_weight
+        else:
+            delta, dt_weight = expand_lowrank_dt(dt, self.dt_proj_weight), None
         return multi_scan(u, delta, A, B, C, self.D.float(), delta_bias=self.dt_proj_bias.float(),
-                          delta_softplus=True, index=index, merge=merge)
+                          delta_softplus=True, index=index, merge=merge, dt_weight=dt_weight)
 
 
 def _dt_rank(dt_rank, d_model: int) -> int:

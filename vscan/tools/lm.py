@@ -173,8 +173,9 @@ def resolve_amp(name: str, device: torch.device):
     return None
 
 
-def _autocast(device, amp_dtype):
-    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+def _autocast(device, amp_dtype, cache: bool = True):
+    """Autocast to ``amp_dtype`` (None: off). ``cache=False`` under CUDA-graph capture."""
+    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=cache)
 
 
 class _Data:
@@ -266,8 +267,7 @@ class _TrainStep:
 
     def _body(self, x, y, check_ids):
         model = self.model
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
-                            cache_enabled=not self.graph):
+        with _autocast(self.device, self.amp_dtype, cache=not self.graph):
             loss, acc = _loss_and_acc(model, x, y, self.k, check_ids=check_ids)
         total = loss + model.aux_loss_coef * model.aux_loss() if model.aux_loss_coef else loss
         total.backward()
