@@ -47,7 +47,7 @@ def _check_index(index, K, L, u):
 
 
 def check_multi_scan_args(u, delta, A, B, C, D, delta_bias, index, merge, dt_weight=None):
-    """Validate the canonical arguments; returns (batch, L, K, d, N)."""
+    """Validate the canonical arguments; returns (the index as int64, (batch, L, K, d, N))."""
     if merge not in MERGES:
         raise ValueError(f"merge: expected one of {MERGES}, got {merge!r}")
     check_tensor("u", u)
