@@ -242,11 +242,15 @@ def _states(b, K, L, d, N, device, grad):
 
 
 def fused_multi_scan_standin(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, index=None,
-                             merge="sum", backend=None):
+                             merge="sum", backend=None, dt_weight=None):
     """What the fused Triton multi_scan (kernels/multi_scan.py) allocates, no compute (zeros):
     contiguous copies of u, delta, B, C where they are not contiguous, the int32 index, float32
     A/D/bias, the chunk states, and for 'sum'/'mean' a float32 (b, L, d) output accumulated with
-    atomics, cast at the end to u's dtype (vscan.ops.multi_scan)."""
+    atomics, cast at the end to u's dtype (vscan.ops.multi_scan). The low-rank dt path
+    (``dt_weight``) is not modelled."""
+    if dt_weight is not None:
+        raise NotImplementedError("mem_profile: the fused multi_scan stand-in does not model dt_weight "
+                                  "(MultiDirMamba(fuse_dt_proj=True))")
     b, L = u.shape[:2]
     K, d, N = A.shape
     grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
