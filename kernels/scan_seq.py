@@ -79,6 +79,60 @@ def _exp2(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _shfl_xor(x, lane, M: tl.constexpr, GPU: tl.constexpr):
+    """x as held by lane ``lane ^ M``, where axis 1 of x is the warp's lanes (one channel per
+    lane): one ``shfl.sync.bfly`` per element on a GPU; the interpreter, which has no lanes or
+    inline assembly, gathers the column ``lane ^ M`` instead."""
+    if GPU:
+        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=f,f,r",
+                                      [x, tl.full(x.shape, M, tl.int32)], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        y = tl.gather(x, (lane ^ M) + tl.zeros(x.shape, tl.int32), axis=1)
+    return y
+
+
+@triton.jit
+def _lane_round(v, lane, M: tl.constexpr, GPU: tl.constexpr):
+    """One round of ``_lane_sum`` between lanes l and l ^ M. With two or more values per lane:
+    the pair swaps halves and adds, each keeping half as many partial sums (the upper half where
+    ``lane & M``); with one value left, a plain butterfly add."""
+    if v.shape[0] >= 2:
+        V: tl.constexpr = v.shape[0]
+        lo, hi = tl.split(tl.permute(tl.reshape(v, [2, V // 2, v.shape[1]]), (1, 2, 0)))
+        up = (lane & M) != 0
+        out = tl.where(up, hi, lo) + _shfl_xor(tl.where(up, lo, hi), lane, M, GPU)
+    else:
+        out = v + _shfl_xor(v, lane, M, GPU)
+    return out
+
+
+@triton.jit
+def _lane_sum(v, lane, GPU: tl.constexpr):
+    """Sums of a [V, W] tile over axis 1 (W <= 32 lanes, one channel each), as a transposing
+    reduction: for V = 16, W = 32 it takes 8 + 4 + 2 + 1 + 1 = 16 shuffles where ``tl.sum``'s
+    butterfly takes 5 per value (80), and the result lands one value per lane, ready for a single
+    vector atomic instead of a shared-memory round trip. Returns (sums [V / P, W], their row
+    index in v [V / P, W], the lanes that own a distinct sum [1, W]), P = min(V, W)."""
+    V0: tl.constexpr = v.shape[0]
+    W: tl.constexpr = v.shape[1]
+    if W >= 32:
+        v = _lane_round(v, lane, 16, GPU)
+    if W >= 16:
+        v = _lane_round(v, lane, 8, GPU)
+    if W >= 8:
+        v = _lane_round(v, lane, 4, GPU)
+    if W >= 4:
+        v = _lane_round(v, lane, 2, GPU)
+    if W >= 2:
+        v = _lane_round(v, lane, 1, GPU)
+    VF: tl.constexpr = v.shape[0]
+    P: tl.constexpr = V0 // VF
+    S: tl.constexpr = W // P
+    pos = (lane // S) % P * VF + tl.arange(0, VF)[:, None]
+    return v, pos, (lane % S) == 0
+
+
+@triton.jit
 def _state_ptrs(ptr, offs_n, offs_d, NSTATE):
     """[BLOCK_N, BLOCK_D] pointers into a (channels, N) row-major state / parameter block."""
     return ptr + offs_d[None, :] * NSTATE + offs_n[:, None]
@@ -287,7 +341,7 @@ def scan_fwd_seq_kernel(
             if HAS_Z:
                 y = y * zz * tl.sigmoid(zz)
             if OUT_ATOMIC:  # directions merged by sum/mean into a float32 output in grid order
-                tl.atomic_add(out_ptr + r * s_ol + offs_d, y * out_scale, mask=dmask)
+                tl.atomic_add(out_ptr + r * s_ol + offs_d, y * out_scale, mask=dmask, sem="relaxed")
             else:
                 tl.store(out_ptr + r * s_ol + offs_d, y.to(out_ptr.dtype.element_ty), mask=dmask)
             if SAVE_ALL:
@@ -334,47 +388,31 @@ def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A
 
 
 @triton.jit
-def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s_pg,
-                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s_pg, lane, n_hi, NSTATE,
+                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, LANE_SUM: tl.constexpr, GPU: tl.constexpr):
     """dB or dC at one step (row t) from the [BLOCK_N, BLOCK_D] tile g: summed over this channel
     block and added atomically into one float32 (batch, L, groups, N) buffer (one add per state
     when the block lies in one group, per element when it straddles groups); for constant B/C
     summed over time into the register accumulator, which is returned. One buffer instead of a
     partial sum per channel block: at N = 16 those partials were the largest allocation of the
-    backward (e.g. 2 x 616 MB for a VMamba-T stage-1 layer at batch 128)."""
+    backward (e.g. 2 x 616 MB for a VMamba-T stage-1 layer at batch 128). With LANE_SUM the sum
+    over the block is ``_lane_sum`` (row i of the tile is state n_hi - i). The adds are relaxed:
+    nothing reads the buffer before the kernel ends, and the default (acq_rel) costs a memory
+    fence and an L1 invalidation per add."""
     if VARY:
-        if SINGLE_GROUP:
-            tl.atomic_add(ptr + t * s_pl + g0 * s_pg + offs_n, tl.sum(g, axis=1), mask=nmask)
+        if SINGLE_GROUP and LANE_SUM:
+            sums, pos, own = _lane_sum(g, lane, GPU)
+            n = n_hi - pos
+            tl.atomic_add(ptr + t * s_pl + g0 * s_pg + n, sums, mask=own & (n < NSTATE), sem="relaxed")
+        elif SINGLE_GROUP:
+            tl.atomic_add(ptr + t * s_pl + g0 * s_pg + offs_n, tl.sum(g, axis=1), mask=nmask, sem="relaxed")
         else:
             tl.atomic_add(ptr + t * s_pl + g_d[None, :] * s_pg + offs_n[:, None], g,
-                          mask=nmask[:, None] & dmask[None, :])
+                          mask=nmask[:, None] & dmask[None, :], sem="relaxed")
         out = acc
     else:
         out = acc + g
     return out
-
-
-@triton.jit
-def _lowrank_ddt_rows(ddt_scr, W_ptr, ddt_ptr, idx_ptr, ts0, n_rows, s_dtl, pid_d, DIM, RANK,
-                      BLOCK_D: tl.constexpr, SUBP: tl.constexpr, BLOCK_R16: tl.constexpr, HAS_IDX: tl.constexpr):
-    """d(low-rank dt) of a sub-chunk's rows at once (LR_DOT): the [rows, channels] ddt the
-    reverse pass left in the scratch times this block's dt_proj weights [channels, R] in one
-    ``tl.dot``, added atomically per row, instead of a cross-lane sum of R values at every step.
-    ``ieee`` (float32 FMAs): in the offline sm_90 compile of the N = 1 VMamba-T layer's backward
-    it keeps the registers at 132 (128 without LR_DOT), where tf32 takes 167 and tf32x3 240."""
-    rows = tl.arange(0, SUBP)
-    rvalid = rows < n_rows
-    lane = tl.arange(0, BLOCK_D)
-    ch = pid_d * BLOCK_D + lane
-    rr = tl.arange(0, BLOCK_R16)
-    dts = tl.load(ddt_scr + rows[:, None] * BLOCK_D + lane[None, :], mask=rvalid[:, None], other=0.0)
-    W = tl.load(W_ptr + ch[:, None] * RANK + rr[None, :], mask=(ch < DIM)[:, None] & (rr < RANK)[None, :], other=0.0)
-    g = tl.dot(dts, W, input_precision="ieee")
-    if HAS_IDX:
-        grid_rows = tl.load(idx_ptr + ts0 + rows, mask=rvalid, other=0)
-    else:
-        grid_rows = ts0 + rows
-    tl.atomic_add(ddt_ptr + grid_rows[:, None] * s_dtl + rr[None, :], g, mask=rvalid[:, None] & (rr < RANK)[None, :])
 
 
 @triton.jit
@@ -393,7 +431,7 @@ def scan_bwd_seq_kernel(
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
     HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr, PREFETCH_BC: tl.constexpr = True,
     LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1, NSPLIT: tl.constexpr = 1,
-    LR_DOT: tl.constexpr = False, SUBP: tl.constexpr = 16, BLOCK_R16: tl.constexpr = 16,
+    LANE_SUM: tl.constexpr = False,
 ):
     # NSPLIT > 1: the N states are split over NSPLIT programs (grid axis 0 = channel block x
     # split), BLOCK_N = N / NSPLIT each, for fewer registers per thread; the sums over N (du,
@@ -407,6 +445,8 @@ def scan_bwd_seq_kernel(
     offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N, pid_n)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
+    lane = tl.arange(0, BLOCK_D)[None, :]   # LANE_SUM: channel c of the block sits in lane c
+    n_hi = pid_n * BLOCK_N + BLOCK_N - 1    # the state of the tile's row 0 (rows count down)
     bb, kk = _dir_split(pid_b, K_DIR)
     # du is laid out like u (float32 and shared by the directions when DU_ATOMIC), ddt like dt
     u_ptr += bb * s_ub + kk * s_uk
@@ -428,12 +468,10 @@ def scan_bwd_seq_kernel(
     Wt = _lowrank_tile(W_ptr + kk * DIM * RANK, offs_r, rmask, offs_d, dmask, RANK, LOWRANK)
     st_ptr += pid_b * s_stb
     carry_ptr += pid_b * s_cb
-    # this program's scratch: SUB per-step state tiles, then BLOCK_T // SUB sub-chunk start tiles,
-    # then (LR_DOT) SUBP rows of ddt
+    # this program's scratch: SUB per-step state tiles, then BLOCK_T // SUB sub-chunk start tiles
     tile = BLOCK_N * BLOCK_D
-    per_prog: tl.constexpr = (SUB + BLOCK_T // SUB) * BLOCK_N * BLOCK_D + (SUBP * BLOCK_D if LR_DOT else 0)
+    per_prog: tl.constexpr = (SUB + BLOCK_T // SUB) * BLOCK_N * BLOCK_D
     scratch_ptr += ((pid_b * tl.num_programs(0) + pid_x) * n_seg + pid_s) * per_prog
-    ddt_scr = scratch_ptr + (SUB + BLOCK_T // SUB) * tile
     s_tile = scratch_ptr + _state_index(BLOCK_N)[:, None] * BLOCK_D + (BLOCK_D - 1 - tl.arange(0, BLOCK_D))[None, :]
     A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
     bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
@@ -532,9 +570,11 @@ def scan_bwd_seq_kernel(
                     ddt = tl.sum(dh * A2 * ahp, axis=0) * LN2 + u * sum_dhB   # A = A2 * ln 2
                     dA_acc += dh * ahp * dt[None, :]
                     dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, r, offs_n, nmask, offs_d,
-                                            dmask, g0, g_d, s_pl, s_pg, B_VARY, SINGLE_GROUP)
+                                            dmask, g0, g_d, s_pl, s_pg, lane, n_hi, NSTATE, B_VARY, SINGLE_GROUP,
+                                            LANE_SUM, FAST_EXP)
                     dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, r, offs_n, nmask, offs_d,
-                                            dmask, g0, g_d, s_pl, s_pg, C_VARY, SINGLE_GROUP)
+                                            dmask, g0, g_d, s_pl, s_pg, lane, n_hi, NSTATE, C_VARY, SINGLE_GROUP,
+                                            LANE_SUM, FAST_EXP)
                     if HAS_D:
                         du += dy * Dv
                         dD_acc += dy * u
@@ -544,7 +584,7 @@ def scan_bwd_seq_kernel(
                             y += u * Dv
                         dz = dout * y * sz * (1.0 + zz * (1.0 - sz))    # linear in y: splits add up
                         if NSPLIT > 1:
-                            tl.atomic_add(dz_ptr + r * s_ul + offs_d, dz, mask=dmask)
+                            tl.atomic_add(dz_ptr + r * s_ul + offs_d, dz, mask=dmask, sem="relaxed")
                         else:
                             tl.store(dz_ptr + r * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=dmask)
                     if SOFTPLUS:
@@ -552,24 +592,23 @@ def scan_bwd_seq_kernel(
                     ddt = tl.where(dmask, ddt, 0.0)
                     dbias_acc += ddt
                     if DU_ATOMIC or NSPLIT > 1:  # u shared by the directions / N split: add up in float32
-                        tl.atomic_add(du_ptr + r * s_ul + offs_d, du, mask=dmask)
+                        tl.atomic_add(du_ptr + r * s_ul + offs_d, du, mask=dmask, sem="relaxed")
                     else:
                         tl.store(du_ptr + r * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
                     if LOWRANK:  # d(low-rank dt) = W^T ddt, summed over the block's channels; dW = ddt dt^T
-                        if LR_DOT:   # kept for one tl.dot per sub-chunk
-                            tl.store(ddt_scr + (t - ts0) * BLOCK_D + tl.arange(0, BLOCK_D), ddt)
+                        if LANE_SUM:
+                            sums, pos, own = _lane_sum(Wt * ddt[None, :], lane, FAST_EXP)
+                            rr = BLOCK_R - 1 - pos
+                            tl.atomic_add(ddt_ptr + r * s_dtl + rr, sums, mask=own & (rr < RANK), sem="relaxed")
                         else:
-                            tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1), mask=rmask)
+                            tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1),
+                                          mask=rmask, sem="relaxed")
                         dW_acc += dt_cur[:, None] * ddt[None, :]
                     elif NSPLIT > 1:
-                        tl.atomic_add(ddt_ptr + r * s_dtl + offs_d, ddt, mask=dmask)
+                        tl.atomic_add(ddt_ptr + r * s_dtl + offs_d, ddt, mask=dmask, sem="relaxed")
                     else:
                         tl.store(ddt_ptr + r * s_dtl + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
                 dh = a * dh
-            if LR_DOT and MODE == 0:
-                tl.debug_barrier()
-                _lowrank_ddt_rows(ddt_scr, W_ptr + kk * DIM * RANK, ddt_ptr, idx_ptr, ts0, ts1 - ts0, s_dtl, pid_d,
-                                  DIM, RANK, BLOCK_D, SUBP, BLOCK_R16, HAS_IDX)
     tl.store(_state_ptrs(carry_ptr + (pid_s * 2 + (c_begin + 1) % 2) * s_cc, offs_n, offs_d, NSTATE), dh, mask=m_nd)
     if MODE == 0:
         seg_off = pid_b * n_seg + pid_s

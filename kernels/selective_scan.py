@@ -61,14 +61,11 @@ def _seq_bwd():
     return bool(prefetch), maxnreg
 
 
-def _lowrank_dot(block_d: int) -> bool:
-    """Low-rank dt in the sequential backward: reduce d(low-rank dt) once per sub-chunk with a
-    ``tl.dot`` instead of a cross-lane sum per step (opt-in with VSCAN_SCAN_LOWRANK_DOT=1 until it
-    is measured on a GPU; needs channel blocks of at least 16, the smallest ``tl.dot``)."""
-    flag = os.environ.get("VSCAN_SCAN_LOWRANK_DOT", "0").strip()
+def _lane_sum_on() -> bool:
+    flag = os.environ.get("VSCAN_SCAN_LANE_SUM", "1").strip()
     if flag not in ("0", "1"):
-        raise ValueError(f"VSCAN_SCAN_LOWRANK_DOT: expected 0 or 1, got {flag!r}")
-    return flag == "1" and block_d >= 16
+        raise ValueError(f"VSCAN_SCAN_LANE_SUM: expected 0 or 1, got {flag!r}")
+    return flag == "1"
 
 
 def _seq_tile():
@@ -292,16 +289,16 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     w_in, w_out = pr.opt(pr.W32), (dW if dW is not None else dA)
     if seq:
         prefetch, maxnreg = _seq_bwd()
-        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch)
+        # dB / dC (and the low-rank dt's gradient) summed over the channel block by a transposing
+        # shuffle reduction: needs the block's channels one per lane (one warp of 32; on the
+        # interpreter any block); VSCAN_SCAN_LANE_SUM=0 falls back to tl.sum
+        lane_sum = _lane_sum_on() and p["bd"] <= 32 and (not dev.type == "cuda" or (p["bd"] == 32 and p["bwarps"] == 1))
+        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch, LANE_SUM=lane_sum)
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if maxnreg:
             common["maxnreg"] = maxnreg
         per_prog = (p["sub"] + p["bt"] // p["sub"]) * (p["bn"] // nsplit) * p["bd"]
-        if pr.W32 is not None and _lowrank_dot(p["bd"]):
-            subp = max(16, triton.next_power_of_2(p["sub"]))
-            common.update(LR_DOT=True, SUBP=subp, BLOCK_R16=max(16, triton.next_power_of_2(pr.rank)))
-            per_prog += subp * p["bd"]
         scratch = torch.empty(bk * p["n_blk"] * nsplit * n_seg * per_prog, **f32)
         scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg, pr.K, float(dout_scale), pr.rank,
                    *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC)

@@ -125,21 +125,18 @@ LOWRANK_CASES = [("cross", (3, 5), 2, 8, 4, 3, True, "sum", False, ""),         
                  ("bidirectional", (19,), 2, 8, 1, 2, True, "concat", True, ""),
                  # the backward's N states split over 2 programs: shared du, ddt and dW in parts
                  ("cross", (3, 4), 1, 8, 4, 3, True, "sum", False, "8,1,4,1,4,2"),
-                 # d(low-rank dt) by one tl.dot per sub-chunk (channel blocks of 16, the last one partial)
-                 ("cross", (3, 5), 1, 18, 2, 3, True, "sum", True, "8,1,4,1,16;dot")]
+                 # channel blocks of 16, the last one partial
+                 ("cross", (3, 5), 1, 18, 2, 3, True, "sum", True, "8,1,4,1,16")]
 
 
 @pytest.mark.parametrize("dtype_name", ["fp32", "bf16"])
 @pytest.mark.parametrize("case", LOWRANK_CASES, ids=[f"{c[0]}-R{c[5]}-{c[7]}" + ("-nsplit" if c[9].endswith(",2") else "")
-                                                     + ("-dot" if c[9].endswith("dot") else "") for c in LOWRANK_CASES])
+                                                     + ("-bd16" if c[9].endswith(",16") else "") for c in LOWRANK_CASES])
 def test_fused_lowrank_dt_equals_reference(case, dtype_name, monkeypatch):
     """dt_proj applied inside the kernels (delta = low-rank dt (b, L, K, R) with dt_weight (K, d, R))
     equals the reference on the expanded delta: output and every gradient, dt_weight's too."""
     order, grid, b, d, N, R, shared, merge, seg, tile = case
-    tile, _, dot = (tile or "8,1,4,1,4").partition(";")
-    monkeypatch.setenv("VSCAN_SCAN_SEQ", tile)
-    if dot:
-        monkeypatch.setenv("VSCAN_SCAN_LOWRANK_DOT", "1")
+    monkeypatch.setenv("VSCAN_SCAN_SEQ", tile or "8,1,4,1,4")
     if seg:
         monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
