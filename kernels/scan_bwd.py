@@ -38,7 +38,8 @@ def _bc_grad(g, acc, ptr, n, cols, t_idx, tmask, m2, g0, g_d, blk_in_group, pid_
             tl.store(ptr + blk_in_group * s_pk + pid_b * s_pb + t_idx * s_pl + g0 * s_pg + n,
                      tl.sum(g, axis=1), mask=tmask)
         else:
-            tl.atomic_add(ptr + pid_b * s_pb + t_idx[:, None] * s_pl + g_d[None, :] * s_pg + n, g, mask=m2, sem="relaxed")
+            tl.atomic_add(ptr + pid_b * s_pb + t_idx[:, None] * s_pl + g_d[None, :] * s_pg + n, g, mask=m2,
+                          sem="relaxed")
     else:
         acc = _col_insert(acc, cols, n, tl.sum(g, axis=0))
     return acc

@@ -29,10 +29,15 @@ grid row, added atomically when the directions are merged by sum/mean (OUT_ATOMI
 for the gradient of a shared u). Without an index (HAS_IDX off) a direction reads row t: the
 single scan is the case K = 1.
 
-Two backward variants are opt-in until a GPU has timed them (results/bench_scan_h200.md,
-results/bench_multi_scan/README.md): NSPLIT splits a block's N states over several programs
-(fewer registers per thread; the sums over N become float32 atomics), and LR_DOT reduces the
-low-rank dt's gradient once per sub-chunk with a ``tl.dot`` instead of at every step.
+The backward can split a block's N states over NSPLIT programs (grid axis 0 = channel block x
+split): a thread then holds N / NSPLIT states, which cuts the reverse pass's registers (255 to
+167 at N = 16, NSPLIT 2: 12 warps per SM instead of 8); the sums over N (du, ddelta, dz)
+become float32 atomic adds, one per split. The host picks NSPLIT = 2 from N = 16 on.
+
+Every atomic add here is ``sem="relaxed"``: nothing reads the summed buffers before the kernel
+ends, and the default (acq_rel) compiles to a GPU-wide memory fence plus an L1 invalidation
+around each add (MEMBAR.ALL.GPU / CCTL.IVALL in the SASS), which cost the backward 5-7% and the
+multi-direction forward 30% on an H200 (results/bench_scan_h200.md).
 """
 import triton
 import triton.language as tl
@@ -76,60 +81,6 @@ def _exp2(x, FAST: tl.constexpr):
     else:
         y = tl.exp2(x)
     return y
-
-
-@triton.jit
-def _shfl_xor(x, lane, M: tl.constexpr, GPU: tl.constexpr):
-    """x as held by lane ``lane ^ M``, where axis 1 of x is the warp's lanes (one channel per
-    lane): one ``shfl.sync.bfly`` per element on a GPU; the interpreter, which has no lanes or
-    inline assembly, gathers the column ``lane ^ M`` instead."""
-    if GPU:
-        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=f,f,r",
-                                      [x, tl.full(x.shape, M, tl.int32)], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        y = tl.gather(x, (lane ^ M) + tl.zeros(x.shape, tl.int32), axis=1)
-    return y
-
-
-@triton.jit
-def _lane_round(v, lane, M: tl.constexpr, GPU: tl.constexpr):
-    """One round of ``_lane_sum`` between lanes l and l ^ M. With two or more values per lane:
-    the pair swaps halves and adds, each keeping half as many partial sums (the upper half where
-    ``lane & M``); with one value left, a plain butterfly add."""
-    if v.shape[0] >= 2:
-        V: tl.constexpr = v.shape[0]
-        lo, hi = tl.split(tl.permute(tl.reshape(v, [2, V // 2, v.shape[1]]), (1, 2, 0)))
-        up = (lane & M) != 0
-        out = tl.where(up, hi, lo) + _shfl_xor(tl.where(up, lo, hi), lane, M, GPU)
-    else:
-        out = v + _shfl_xor(v, lane, M, GPU)
-    return out
-
-
-@triton.jit
-def _lane_sum(v, lane, GPU: tl.constexpr):
-    """Sums of a [V, W] tile over axis 1 (W <= 32 lanes, one channel each), as a transposing
-    reduction: for V = 16, W = 32 it takes 8 + 4 + 2 + 1 + 1 = 16 shuffles where ``tl.sum``'s
-    butterfly takes 5 per value (80), and the result lands one value per lane, ready for a single
-    vector atomic instead of a shared-memory round trip. Returns (sums [V / P, W], their row
-    index in v [V / P, W], the lanes that own a distinct sum [1, W]), P = min(V, W)."""
-    V0: tl.constexpr = v.shape[0]
-    W: tl.constexpr = v.shape[1]
-    if W >= 32:
-        v = _lane_round(v, lane, 16, GPU)
-    if W >= 16:
-        v = _lane_round(v, lane, 8, GPU)
-    if W >= 8:
-        v = _lane_round(v, lane, 4, GPU)
-    if W >= 4:
-        v = _lane_round(v, lane, 2, GPU)
-    if W >= 2:
-        v = _lane_round(v, lane, 1, GPU)
-    VF: tl.constexpr = v.shape[0]
-    P: tl.constexpr = V0 // VF
-    S: tl.constexpr = W // P
-    pos = (lane // S) % P * VF + tl.arange(0, VF)[:, None]
-    return v, pos, (lane % S) == 0
 
 
 @triton.jit
@@ -388,23 +339,16 @@ def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A
 
 
 @triton.jit
-def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s_pg, lane, n_hi, NSTATE,
-                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, LANE_SUM: tl.constexpr, GPU: tl.constexpr):
+def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s_pg,
+                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
     """dB or dC at one step (row t) from the [BLOCK_N, BLOCK_D] tile g: summed over this channel
     block and added atomically into one float32 (batch, L, groups, N) buffer (one add per state
     when the block lies in one group, per element when it straddles groups); for constant B/C
     summed over time into the register accumulator, which is returned. One buffer instead of a
     partial sum per channel block: at N = 16 those partials were the largest allocation of the
-    backward (e.g. 2 x 616 MB for a VMamba-T stage-1 layer at batch 128). With LANE_SUM the sum
-    over the block is ``_lane_sum`` (row i of the tile is state n_hi - i). The adds are relaxed:
-    nothing reads the buffer before the kernel ends, and the default (acq_rel) costs a memory
-    fence and an L1 invalidation per add."""
+    backward (e.g. 2 x 616 MB for a VMamba-T stage-1 layer at batch 128)."""
     if VARY:
-        if SINGLE_GROUP and LANE_SUM:
-            sums, pos, own = _lane_sum(g, lane, GPU)
-            n = n_hi - pos
-            tl.atomic_add(ptr + t * s_pl + g0 * s_pg + n, sums, mask=own & (n < NSTATE), sem="relaxed")
-        elif SINGLE_GROUP:
+        if SINGLE_GROUP:
             tl.atomic_add(ptr + t * s_pl + g0 * s_pg + offs_n, tl.sum(g, axis=1), mask=nmask, sem="relaxed")
         else:
             tl.atomic_add(ptr + t * s_pl + g_d[None, :] * s_pg + offs_n[:, None], g,
@@ -431,7 +375,6 @@ def scan_bwd_seq_kernel(
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
     HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr, PREFETCH_BC: tl.constexpr = True,
     LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1, NSPLIT: tl.constexpr = 1,
-    LANE_SUM: tl.constexpr = False,
 ):
     # NSPLIT > 1: the N states are split over NSPLIT programs (grid axis 0 = channel block x
     # split), BLOCK_N = N / NSPLIT each, for fewer registers per thread; the sums over N (du,
@@ -445,8 +388,6 @@ def scan_bwd_seq_kernel(
     offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N, pid_n)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
-    lane = tl.arange(0, BLOCK_D)[None, :]   # LANE_SUM: channel c of the block sits in lane c
-    n_hi = pid_n * BLOCK_N + BLOCK_N - 1    # the state of the tile's row 0 (rows count down)
     bb, kk = _dir_split(pid_b, K_DIR)
     # du is laid out like u (float32 and shared by the directions when DU_ATOMIC), ddt like dt
     u_ptr += bb * s_ub + kk * s_uk
@@ -570,11 +511,9 @@ def scan_bwd_seq_kernel(
                     ddt = tl.sum(dh * A2 * ahp, axis=0) * LN2 + u * sum_dhB   # A = A2 * ln 2
                     dA_acc += dh * ahp * dt[None, :]
                     dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, r, offs_n, nmask, offs_d,
-                                            dmask, g0, g_d, s_pl, s_pg, lane, n_hi, NSTATE, B_VARY, SINGLE_GROUP,
-                                            LANE_SUM, FAST_EXP)
+                                            dmask, g0, g_d, s_pl, s_pg, B_VARY, SINGLE_GROUP)
                     dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, r, offs_n, nmask, offs_d,
-                                            dmask, g0, g_d, s_pl, s_pg, lane, n_hi, NSTATE, C_VARY, SINGLE_GROUP,
-                                            LANE_SUM, FAST_EXP)
+                                            dmask, g0, g_d, s_pl, s_pg, C_VARY, SINGLE_GROUP)
                     if HAS_D:
                         du += dy * Dv
                         dD_acc += dy * u
@@ -596,13 +535,8 @@ def scan_bwd_seq_kernel(
                     else:
                         tl.store(du_ptr + r * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
                     if LOWRANK:  # d(low-rank dt) = W^T ddt, summed over the block's channels; dW = ddt dt^T
-                        if LANE_SUM:
-                            sums, pos, own = _lane_sum(Wt * ddt[None, :], lane, FAST_EXP)
-                            rr = BLOCK_R - 1 - pos
-                            tl.atomic_add(ddt_ptr + r * s_dtl + rr, sums, mask=own & (rr < RANK), sem="relaxed")
-                        else:
-                            tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1),
-                                          mask=rmask, sem="relaxed")
+                        tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1), mask=rmask,
+                                      sem="relaxed")
                         dW_acc += dt_cur[:, None] * ddt[None, :]
                     elif NSPLIT > 1:
                         tl.atomic_add(ddt_ptr + r * s_dtl + offs_d, ddt, mask=dmask, sem="relaxed")

@@ -30,9 +30,15 @@ BWD_TILE = (32, 16, 2)
 # smaller BLOCK_D gives tests several channel blocks on tiny shapes; NSPLIT > 1 splits the N
 # states of the backward over that many programs, see scan_bwd_seq_kernel).
 SEQ_TILE = (64, 1, 8, 16)
+# Backward N split when the tile does not set one: SEQ_NSPLIT programs share a channel block's
+# states once N >= SEQ_NSPLIT_MIN_N. On an H200 at N = 16 this made forward+backward 1.16-1.29x
+# faster than no split (4 splits: slower than 2), for about twice the backward's extra memory
+# (du / delta / z gradients summed in float32); results/bench_scan_h200.md.
+SEQ_NSPLIT, SEQ_NSPLIT_MIN_N = 2, 16
 # Sequential backward: (prefetch B/C one step ahead in the reverse pass, register cap or 0 for
-# none). Overridable with VSCAN_SCAN_BWD="P,R". Without a cap the reverse pass takes all 255
-# registers (8 warps per SM on an H100/H200); see results/bench_scan_h200.md.
+# none). Overridable with VSCAN_SCAN_BWD="P,R". Without a cap (and without the N split) the
+# reverse pass takes all 255 registers at N = 16 (8 warps per SM on an H100/H200); see
+# results/bench_scan_h200.md.
 SEQ_BWD = (1, 0)
 
 
@@ -59,13 +65,6 @@ def _seq_bwd():
     env = os.environ.get("VSCAN_SCAN_BWD")
     prefetch, maxnreg = tuple(map(int, env.split(","))) if env else SEQ_BWD
     return bool(prefetch), maxnreg
-
-
-def _lane_sum_on() -> bool:
-    flag = os.environ.get("VSCAN_SCAN_LANE_SUM", "1").strip()
-    if flag not in ("0", "1"):
-        raise ValueError(f"VSCAN_SCAN_LANE_SUM: expected 0 or 1, got {flag!r}")
-    return flag == "1"
 
 
 def _seq_tile():
@@ -100,11 +99,12 @@ def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
 
 def _plan(L, dim, batch, N, ch_per_group, device):
     kind = _kernel_kind(N)
+    bn = triton.next_power_of_2(N)
     nsplit = 1
     if kind == "sequential":
         bt, warps, sub, per_sm, *extra = _seq_tile()
         bd_pref, bwarps = (extra[0] if extra else 32 * warps), warps
-        nsplit = extra[1] if len(extra) > 1 else 1
+        nsplit = extra[1] if len(extra) > 1 else (SEQ_NSPLIT if bn >= SEQ_NSPLIT_MIN_N else 1)
     else:
         (bt, bd_pref, warps), (_bbt, _bbd, bwarps) = _tiles()   # backward reuses the forward T and D
         sub, per_sm = 0, 8
@@ -116,7 +116,6 @@ def _plan(L, dim, batch, N, ch_per_group, device):
     n_seg = max(1, min(n_chunks, want))
     cps = triton.cdiv(n_chunks, n_seg)
     n_seg = triton.cdiv(n_chunks, cps)
-    bn = triton.next_power_of_2(N)
     if nsplit < 1 or nsplit & (nsplit - 1):
         raise ValueError(f"VSCAN_SCAN_SEQ: NSPLIT must be a power of two >= 1, got {nsplit}")
     nsplit = min(nsplit, bn)            # N = 1 cannot be split
@@ -289,11 +288,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     w_in, w_out = pr.opt(pr.W32), (dW if dW is not None else dA)
     if seq:
         prefetch, maxnreg = _seq_bwd()
-        # dB / dC (and the low-rank dt's gradient) summed over the channel block by a transposing
-        # shuffle reduction: needs the block's channels one per lane (one warp of 32; on the
-        # interpreter any block); VSCAN_SCAN_LANE_SUM=0 falls back to tl.sum
-        lane_sum = _lane_sum_on() and p["bd"] <= 32 and (not dev.type == "cuda" or (p["bd"] == 32 and p["bwarps"] == 1))
-        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch, LANE_SUM=lane_sum)
+        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch)
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if maxnreg:
