@@ -74,3 +74,23 @@ def test_lr_grid_runs_every_cell_per_rate_and_reports_the_best():
     rows[1].update(acc=0.9, steps=12, train_s=1.0)
     md = mod.markdown(rows, {"command": "x", "env": "y", "elapsed_s": 1, "time_budget": 2, "done": 2, "planned": 2})
     assert "| jamba | 0.900 (12 st, 1 s, lr 0.004) |" in md, md
+
+
+def test_bundle_holds_weights_only_when_asked(tmp_path):
+    mod = _load()
+    run_dir = tmp_path / "runs"
+    (run_dir / "mqar_a").mkdir(parents=True)
+    for f in ("metrics.json", "metrics.csv", "curves.png", "model.pt", "notes.txt"):
+        (run_dir / "mqar_a" / f).write_text("x")
+    rows = [dict(name="mqar_a", status="ok", task="mqar", model="mamba", d_model=16, num_kv=2, acc=0.5)]
+    meta = dict(command="lm_sweep", env="cpu", time_budget=1.0, planned=1)
+    for weights, want in ((False, {"metrics.json", "metrics.csv", "curves.png"}),
+                          (True, {"metrics.json", "metrics.csv", "curves.png", "model.pt"})):
+        out = tmp_path / f"out{int(weights)}"
+        out.mkdir()
+        mod.write_reports(out, run_dir, rows, meta, True, weights)
+        with tarfile.open(out / "runs.tar.gz") as tar:
+            assert {Path(m).name for m in tar.getnames()} == want
+    # the runs write model.pt only when the bundle is to hold it
+    assert all("--no-save" in r["argv"] for r in mod.plan(mod.build_parser().parse_args([])))
+    assert all("--no-save" not in r["argv"] for r in mod.plan(mod.build_parser().parse_args(["--bundle-weights"])))

@@ -55,6 +55,19 @@ def time_once_ms(fn, reps=2) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def gpu_warmup(seconds: float = 3.0) -> None:
+    """Keep the GPU busy for a few seconds before timing. On a machine just started, the first
+    shape timed came out 1.3-1.5x slow in forward (H200, 2026-12-02: vim_s_224 0.35-0.41 ms
+    in three cold calls vs 0.267 ms warm), whatever was timed or checked before it."""
+    import time
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
 def copy_bandwidth_gbs(nbytes=2 * 2**30) -> float:
     """Device-to-device copy, counting bytes read plus bytes written."""
     x = torch.empty(nbytes // 4, device="cuda", dtype=torch.float32).uniform_()

@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_common import (add_row, bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s,  # noqa: E402
+from bench_common import (add_row, bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s, gpu_warmup,  # noqa: E402
                           print_markdown, time_once_ms, write_json)
 
 from vscan.ops import selective_scan  # noqa: E402
@@ -175,6 +175,7 @@ def main(argv=None):
         print("CORRECTNESS FAILED: not timing")
         write_json(args.out, report)
         return 1
+    gpu_warmup()
     names = [n for n in args.shapes.split(",") if n]
     # (kernel family, VSCAN_SCAN_SEQ tile): the default sequential kernels, the chunked ones for
     # comparison in the same run, and with --sweep other sequential tiles (T, warps, SUB, programs/SM)

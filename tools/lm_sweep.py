@@ -10,7 +10,8 @@ plus induction heads (Mamba trained at 256, tested to 4096). Every run is ``vsca
 What it writes to ``--out`` (kept to a handful of files: the GPU tool returns at most 8, two
 folders down): ``summary.json`` (every run: status, final metrics, steps, seconds, its full
 metrics.json, or the error), ``summary.md`` (the tables), ``runs.tar.gz`` (each run's
-metrics.json / metrics.csv / curves.png from ``--run-dir``). All three are rewritten after
+metrics.json / metrics.csv / curves.png from ``--run-dir``, and model.pt with
+``--bundle-weights``). All three are rewritten after
 every run, so a call that is cut off still leaves the runs done so far. The last thing printed
 is a compact table (the GPU call returns only the last 12,000 characters of output).
 
@@ -96,8 +97,10 @@ def bootstrap():
 # ----------------------------------------------------------------------------- the grid
 def plan(a) -> list[dict]:
     """The runs in execution order: name, weight (share of the time split) and lm.py argv."""
-    common = ["--quiet", "--no-save", "--seq-len", str(a.seq_len), "--steps", str(a.max_steps),
+    common = ["--quiet", "--seq-len", str(a.seq_len), "--steps", str(a.max_steps),
               "--grad-clip", "1.0", "--device", a.device, "--amp", a.amp, "--seed", str(a.seed)]
+    if not getattr(a, "bundle_weights", False):
+        common += ["--no-save"]
     if a.threads:
         common += ["--threads", str(a.threads)]
     if getattr(a, "cuda_graph", False):
@@ -250,7 +253,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_reports(out: Path, run_dir: Path, rows: list[dict], meta: dict, bundle: bool):
+def write_reports(out: Path, run_dir: Path, rows: list[dict], meta: dict, bundle: bool, weights: bool = False):
     from vscan.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
     meta = {**meta, "elapsed_s": round(time.time() - T_START, 1), "done": len(rows)}
     atomic_write_json(out / "summary.json", {"meta": meta, "runs": rows})
@@ -260,7 +263,7 @@ def write_reports(out: Path, run_dir: Path, rows: list[dict], meta: dict, bundle
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             for name in sorted({r["name"] for r in rows}):   # this sweep's runs only, not older ones in run_dir
                 for p in sorted((run_dir / name).rglob("*")):
-                    if p.is_file() and p.suffix in (".json", ".csv", ".png"):
+                    if p.is_file() and p.suffix in (".json", ".csv", ".png") + ((".pt",) if weights else ()):
                         tar.add(p, arcname=str(Path("runs") / p.relative_to(run_dir)))
         atomic_write_bytes(out / "runs.tar.gz", buf.getvalue())
 
@@ -282,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help="comma-separated substrings of run names to keep")
     p.add_argument("--isolate", action="store_true", help="one process per run")
     p.add_argument("--no-bundle", action="store_true", help="do not write runs.tar.gz")
+    p.add_argument("--bundle-weights", action="store_true",
+                   help="also put each run's model.pt in runs.tar.gz (for probing a trained model on a CPU)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check of the whole pipeline")
     g = p.add_argument_group("MQAR")
     g.add_argument("--seq-len", type=int, default=256)
@@ -361,7 +366,7 @@ def main(argv=None) -> int:
         if left < overhead + 1.0:
             rows.append(row_of(spec, None, "skipped", alloc, 0.0, "no time left in the budget"))
             print(f"[sweep] {i + 1}/{len(runs)} {spec['name']}: skipped (no time left)", flush=True)
-            write_reports(a.out, run_dir, rows, meta, not a.no_bundle)
+            write_reports(a.out, run_dir, rows, meta, not a.no_bundle, a.bundle_weights)
             continue
         print(f"[sweep] {i + 1}/{len(runs)} {spec['name']}: time limit {limit:.0f} s", flush=True)
         t0 = time.time()
@@ -385,7 +390,7 @@ def main(argv=None) -> int:
             longs = " ".join(f"{k}={v:.3f}" for k, v in r.items() if k.startswith("acc@"))
             print(f"[sweep]   -> acc {r['acc']:.3f} (best {r['best_acc']:.3f}) {r['steps']} steps "
                   f"{r['train_s']:.0f} s {r['steps_per_s']:.0f} st/s, {r['stopped_by']} {longs}", flush=True)
-        write_reports(a.out, run_dir, rows, meta, not a.no_bundle)
+        write_reports(a.out, run_dir, rows, meta, not a.no_bundle, a.bundle_weights)
     print(f"\n[sweep] done in {time.time() - T_START:.0f} s; reports in {a.out}\n", flush=True)
     print(compact_table(rows), flush=True)
     return 0
