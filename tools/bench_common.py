@@ -12,7 +12,8 @@ import torch
 def env_stamp() -> dict:
     import triton
     d = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
-             torch=torch.__version__, triton=triton.__version__, command=" ".join([os.path.basename(sys.executable)] + sys.argv))
+             torch=torch.__version__, triton=triton.__version__, command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+             vscan_env={k: v for k, v in sorted(os.environ.items()) if k.startswith("VSCAN_")})   # kernel switches
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         d.update(gpu=p.name, sms=p.multi_processor_count, gpu_mem_gib=round(p.total_memory / 2**30, 1))
