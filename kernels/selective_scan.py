@@ -67,7 +67,7 @@ def _seq_bwd():
     return bool(prefetch), maxnreg
 
 
-def _bc_words(pr, block_n: int) -> bool:
+def _use_bc_words(pr, block_n: int) -> bool:
     """Read B and C four bf16 states per 64-bit load (``_bc_words`` in scan_seq.py)? Opt-in with
     VSCAN_SCAN_BC_WORDS=1 until a GPU has timed it. Needs both time-varying in bf16, a channel
     block inside one group, block_n states per program (a multiple of 4) covering N exactly, and
@@ -226,7 +226,7 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
                 pr.opt(pr.idx), pr.opt(pr.W32))
         scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg, pr.K, float(out_scale), pr.rank,
                    *pr.su, *pr.sdt, *pr.sz, *s_out, *pr.sB, *pr.sC)
-        extra = dict(OUT_ATOMIC=out_atomic, BC_WORDS=_bc_words(pr, p["bn"]))
+        extra = dict(OUT_ATOMIC=out_atomic, BC_WORDS=_use_bc_words(pr, p["bn"]))
     else:
         assert pr.K == 1 and pr.idx is None and not out_atomic and pr.W32 is None, \
             "the chunked kernels scan one direction with a full delta"
@@ -306,7 +306,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     if seq:
         prefetch, maxnreg = _seq_bwd()
         common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch,
-                      BC_WORDS=_bc_words(pr, p["bn"] // nsplit))
+                      BC_WORDS=_use_bc_words(pr, p["bn"] // nsplit))
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if maxnreg:

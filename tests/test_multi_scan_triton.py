@@ -187,8 +187,8 @@ def test_bc_words_path_equals_scalar_loads(N, tile, monkeypatch):
     import vscan.kernels.selective_scan as ks
     monkeypatch.setenv("VSCAN_SCAN_SEQ", tile)
     taken = []
-    real = ks._bc_words
-    monkeypatch.setattr(ks, "_bc_words", lambda pr, bn: taken.append(real(pr, bn)) or taken[-1])
+    real = ks._use_bc_words
+    monkeypatch.setattr(ks, "_use_bc_words", lambda pr, bn: taken.append(real(pr, bn)) or taken[-1])
     index = get_order("cross").index((3, 5))
     K, L = index.shape
     x = make(1, L, K, 8, N, True, torch.bfloat16, seed=N)

@@ -111,8 +111,8 @@ def test_bc_words_path_equals_scalar_loads(case, tile, monkeypatch):
     monkeypatch.setenv("VSCAN_SCAN_KERNEL", "sequential")
     monkeypatch.setenv("VSCAN_SCAN_SEQ", tile)
     taken = []
-    real = ks._bc_words
-    monkeypatch.setattr(ks, "_bc_words", lambda pr, bn: taken.append(real(pr, bn)) or taken[-1])
+    real = ks._use_bc_words
+    monkeypatch.setattr(ks, "_use_bc_words", lambda pr, bn: taken.append(real(pr, bn)) or taken[-1])
     x = make(b, L, d, N, G, vary, opts, torch.bfloat16, seed=L + d + N)
     g = torch.Generator().manual_seed(2)
     gy, gl = torch.randn(b, L, d, generator=g), torch.randn(b, d, N, generator=g)
@@ -133,7 +133,7 @@ def test_bc_words_path_equals_scalar_loads(case, tile, monkeypatch):
 
 
 def test_bc_words_only_where_it_applies(monkeypatch):
-    from vscan.kernels.selective_scan import _bc_words, _Problem
+    from vscan.kernels.selective_scan import _Problem, _use_bc_words
     monkeypatch.setenv("VSCAN_SCAN_BC_WORDS", "1")
     monkeypatch.delenv("VSCAN_SCAN_SEQ", raising=False)
     u = torch.zeros(2, 16, 8, dtype=torch.bfloat16)
@@ -142,15 +142,15 @@ def test_bc_words_only_where_it_applies(monkeypatch):
     def prob(B, C):
         return _Problem(u, u, A, B, C, None, None, None, True)
     bc = torch.zeros(2, 16, 1, 8, dtype=torch.bfloat16)
-    assert _bc_words(prob(bc, bc), 8)
-    assert not _bc_words(prob(bc.float(), bc.float()), 8)                 # float32 B/C: scalar loads
-    assert not _bc_words(prob(torch.zeros(8, 8), bc), 8)                    # constant B
-    assert not _bc_words(prob(bc, bc), 6)                                   # states per program not 4k
+    assert _use_bc_words(prob(bc, bc), 8)
+    assert not _use_bc_words(prob(bc.float(), bc.float()), 8)                 # float32 B/C: scalar loads
+    assert not _use_bc_words(prob(torch.zeros(8, 8), bc), 8)                    # constant B
+    assert not _use_bc_words(prob(bc, bc), 6)                                   # states per program not 4k
     odd = torch.zeros(2, 16, 1, 9, dtype=torch.bfloat16)[..., :8]           # rows of 9: misaligned
-    assert not _bc_words(prob(odd, odd), 8)
+    assert not _use_bc_words(prob(odd, odd), 8)
     monkeypatch.setenv("VSCAN_SCAN_BC_WORDS", "2")
     with pytest.raises(ValueError, match="VSCAN_SCAN_BC_WORDS"):
-        _bc_words(prob(bc, bc), 8)
+        _use_bc_words(prob(bc, bc), 8)
 
 
 def test_kernel_choice():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import math
 import sys
 from pathlib import Path
@@ -94,7 +93,8 @@ def load_run(path: Path):
 
 def mqar_positions(x: torch.Tensor, y: torch.Tensor, num_kv: int):
     """For every labelled query: (row, query position, key's first position, query rank)."""
-    rows, qpos = (y != -100).nonzero(as_tuple=True)
+    from vscan.data.text_tasks import IGNORE
+    rows, qpos = (y != IGNORE).nonzero(as_tuple=True)
     keys = x[rows, qpos]
     first = (x[rows, : 2 * num_kv : 2] == keys[:, None]).float().argmax(1) * 2
     rank = torch.cat([torch.arange(int(c)) for c in torch.bincount(rows, minlength=x.shape[0])])
@@ -116,6 +116,8 @@ def probe(model, task, args, batch: int = 64, seed: int = 1) -> dict:
     by_gap = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (gap >= lo) & (gap <= hi)
+        if not sel.any():      # repeated quantile edges (many equal gaps) leave a bin empty
+            continue
         by_gap.append(dict(gap_from=lo, gap_to=hi, n=int(sel.sum()), acc=float(correct[sel].mean())))
     by_rank = [dict(rank=int(r), n=int((rank == r).sum()), acc=float(correct[rank == r].mean()))
                for r in torch.unique(rank)]
@@ -139,7 +141,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vscan.engine.io import atomic_write_bytes
+    from vscan.engine.plots import save_figure
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     ax[0].plot([r["rank"] for r in report["by_rank"]], [r["acc"] for r in report["by_rank"]], marker=".")
     ax[0].set(xlabel="query rank in the sequence", ylabel="accuracy", ylim=(0, 1.02))
@@ -159,10 +161,8 @@ def plot(report: dict, path: Path) -> None:
     fig.suptitle(f"{report['model']} d{report['d_model']} MQAR {report['num_kv']} KV: acc {report['acc']:.3f} "
                  f"(tools/lm_probe.py)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def main(argv=None) -> int:
