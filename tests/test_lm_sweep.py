@@ -62,6 +62,26 @@ def test_fixed_shape_loss_equals_mask_loss():
     assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
+def test_mixed_batch_fixed_shape_loss_equals_mask_loss():
+    """A mixed-count MQAR batch gathered at the largest count (rows padded with ignored
+    positions) gives the boolean-mask loss and accuracy, which see labelled positions only."""
+    task = make_task("mqar", seq_len=32, num_kv_pairs=4, vocab_size=64, train_kv_counts=(1, 2, 8))
+    x, y = task.sample(6, torch.Generator().manual_seed(1))
+    assert sorted(set((y != -100).sum(1).tolist())) == [1, 2, 8]
+    torch.manual_seed(0)
+    m = MambaLM(vocab_size=64, d_model=16, n_layers=1, d_state=4)
+    with torch.no_grad():   # make every other label the model's own prediction: accuracy known, not 0
+        mask = y != -100
+        pred = m.logits(m.forward_hidden(x)[mask]).argmax(-1)
+        right = torch.arange(len(pred)) % 2 == 0
+        y[mask] = torch.where(right, pred, (pred + 1) % 64)
+    l1, a1 = _loss_and_acc(m, x, y)
+    l2, a2 = _loss_and_acc(m, x, y, task.labels_per_row, check_ids=False)
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(a1, a2)
+    assert abs(a2.item() - right.double().mean().item()) < 1e-6
+
+
 def test_lr_grid_runs_every_cell_per_rate_and_reports_the_best():
     mod = _load()
     a = mod.build_parser().parse_args(["--lrs", "1e-3,4e-3", "--only", "mqar_jamba_d64_kv16"])
@@ -74,6 +94,20 @@ def test_lr_grid_runs_every_cell_per_rate_and_reports_the_best():
     rows[1].update(acc=0.9, steps=12, train_s=1.0)
     md = mod.markdown(rows, {"command": "x", "env": "y", "elapsed_s": 1, "time_budget": 2, "done": 2, "planned": 2})
     assert "| jamba | 0.900 (12 st, 1 s, lr 0.004) |" in md, md
+
+
+def test_train_kv_mix_reaches_every_mqar_cell_only():
+    from vscan.tools.lm import build_parser as lm_parser, make_task as lm_task
+    mod = _load()
+    runs = mod.plan(mod.build_parser().parse_args(["--train-kvs", "4,16,64"]))
+    for r in runs:
+        args = lm_parser().parse_args(r["argv"])
+        if r["task"] == "mqar":
+            task = lm_task(args)
+            assert args.train_kv == [4, 16, 64] and task.train_kv_counts == (4, 16, 64)
+            assert task.num_kv_pairs == r["num_kv"] and task.labels_per_row == 64
+        else:
+            assert args.train_kv == []
 
 
 def test_bundle_holds_weights_only_when_asked(tmp_path):

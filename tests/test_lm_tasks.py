@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from vscan.data.text_tasks import ByteCorpus, embedded_text_corpus, induction_heads, make_task, mqar, selective_copying
+from vscan.data.text_tasks import (ByteCorpus, embedded_text_corpus, induction_heads, make_task, mqar, mqar_mixture,
+                                   selective_copying)
 from vscan.models.lm import BYTE_MODELS, ByteTokenizer
 from vscan.tools.lm import main as lm_main
 
@@ -23,6 +24,27 @@ def test_mqar_structure():
         assert all(y[b, p].item() == pairs[x[b, p].item()] for p in q)       # label = its value
     x2, y2 = mqar(4, 64, 8, 128, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_mqar_mixture_rows_hold_their_counts():
+    x, y = mqar_mixture(7, seq_len=64, kv_counts=(2, 8, 8), vocab_size=128, generator=torch.Generator().manual_seed(3))
+    assert x.shape == y.shape == (7, 64)
+    counts = (y != -100).sum(1).tolist()
+    assert counts == [2, 2, 2, 8, 8, 8, 8]              # 7 rows over 3 counts: 3 / 2 / 2, in order
+    for b, kv in enumerate(counts):
+        keys, vals = x[b, 0:2 * kv:2].tolist(), x[b, 1:2 * kv:2].tolist()
+        pairs = dict(zip(keys, vals))
+        q = (y[b] != -100).nonzero().flatten().tolist()
+        assert len(set(keys)) == kv and sorted(x[b, q].tolist()) == sorted(keys)
+        assert all(y[b, p].item() == pairs[x[b, p].item()] for p in q)
+    task = make_task("mqar", seq_len=64, num_kv_pairs=4, vocab_size=128, train_kv_counts=(2, 8))
+    assert task.labels_per_row == 8
+    _, yv = task.sample(5, torch.Generator().manual_seed(0), split="val")       # evaluation stays at 4 pairs
+    assert ((yv != -100).sum(1) == 4).all()
+    with pytest.raises(ValueError, match="seq_len"):
+        make_task("mqar", seq_len=32, num_kv_pairs=4, vocab_size=128, train_kv_counts=(4, 16))
+    with pytest.raises(ValueError, match="batch"):
+        mqar_mixture(2, seq_len=64, kv_counts=(2, 4, 8), vocab_size=128)
 
 
 def test_induction_and_copy_structure():

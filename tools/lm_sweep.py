@@ -47,6 +47,10 @@ Settings, and why (Zoology, Arora et al. 2023; ../shared/reference/text_ltc.md s
   (16K / 64K queries), checked every 100 steps. ``--lrs 1e-3,4e-3`` runs every MQAR cell once
   per learning rate (Zoology reports the best rate per cell; the table does the same).
   ``--cuda-graph`` replays each training step from a CUDA graph (``vscan lm --cuda-graph``).
+* ``--train-kvs 4,8,16,32,64`` trains every MQAR cell on a mix of key-value counts (each batch
+  split evenly over them) and still evaluates each cell at its own count: the training mix of
+  Based's MQAR sweep (text_ltc.md section 3.3), where the small counts teach the recall circuit
+  first. Without it each cell trains on its own count alone, as in Zoology's Figure 2.
 * Induction heads: vocabulary 16, batch 128 (the paper's 8 gives one labelled token per
   sequence, so a larger batch buys signal per step at no extra step time on a GPU), lr 2e-3,
   no weight decay (the paper: Adam, no decay), weight 3 in the time split; it stops early only
@@ -116,6 +120,8 @@ def plan(a) -> list[dict]:
                 "--eval-batch", str(a.eval_batch), "--target-acc", str(a.target_acc)]
         if a.zero_fill:
             argv.append("--zero-fill")
+        if getattr(a, "train_kvs", None):
+            argv += ["--train-kv", ",".join(str(v) for v in a.train_kvs)]
         name = f"mqar_{model}_d{d}_kv{kv}" + (f"_lr{lr:g}" if len(lrs) > 1 else "")
         return {"name": name, "task": "mqar", "model": model, "d_model": d, "num_kv": kv, "lr": lr,
                 "weight": 1.0 if kv <= 16 else 1.25, "argv": argv + common}
@@ -295,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocab", type=int, default=512)
     g.add_argument("--zero-fill", action=argparse.BooleanOptionalAction, default=True,
                    help="zeros between the queries (Zoology Figure 2); --no-zero-fill: random tokens")
+    g.add_argument("--train-kvs", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="train every MQAR cell on this mix of key-value counts (lm.py --train-kv), e.g. "
+                        "4,8,16,32,64; each cell is still evaluated at its own count")
     g.add_argument("--batch", type=int, default=256)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--lrs", type=lambda s: [float(v) for v in s.split(",")], default=None,

@@ -9,7 +9,8 @@ no host synchronisation, so a GPU training loop never waits for the CPU to make 
 
 * :func:`selective_copying` (Mamba section 4.1.1, s4's ``torch_copying_data``)
 * :func:`induction_heads` (Mamba section 4.1.2, safari's ``generate_induction_head``)
-* :func:`mqar` multi-query associative recall (Zoology, ``multiquery_ar``)
+* :func:`mqar` multi-query associative recall (Zoology, ``multiquery_ar``), and
+  :func:`mqar_mixture`, rows with different numbers of pairs in one batch (Based's training mix)
 """
 from __future__ import annotations
 
@@ -106,6 +107,25 @@ def mqar(batch: int, seq_len: int = 256, num_kv_pairs: int = 16, vocab_size: int
     labels = torch.full_like(inputs, IGNORE)
     labels.scatter_(1, qpos, values)
     return inputs, labels
+
+
+def mqar_mixture(batch: int, seq_len: int = 256, kv_counts=(4, 8, 16, 32, 64), vocab_size: int = 8192,
+                 power_a: float = 0.01, random_non_queries: bool = True, generator: torch.Generator | None = None,
+                 device=None):
+    """One batch of :func:`mqar` sequences, all of length ``seq_len``, whose rows hold different
+    numbers of key-value pairs: the rows are split as evenly as the batch allows over
+    ``kv_counts`` (a repeated count gets more rows), in that order. Rows with fewer pairs have
+    fewer labelled positions. Training on such a mix is how Based's MQAR sweep learns 64 pairs
+    at length 256 (../shared/reference/text_ltc.md section 3.3: the small counts are learnt first
+    and teach the recall circuit that the large ones need)."""
+    kv_counts = tuple(kv_counts)
+    _check(len(kv_counts) >= 1 and all(isinstance(k, int) for k in kv_counts), "kv_counts",
+           f"expected a non-empty sequence of ints, got {kv_counts!r}")
+    _check(batch >= len(kv_counts), "batch", f"expected >= len(kv_counts) = {len(kv_counts)} rows, got {batch}")
+    sizes = [batch // len(kv_counts) + (i < batch % len(kv_counts)) for i in range(len(kv_counts))]
+    parts = [mqar(n, seq_len, kv, vocab_size, power_a, random_non_queries, generator, device)
+             for n, kv in zip(sizes, kv_counts)]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 # ----------------------------------------------------------------------------- text corpus
@@ -205,17 +225,26 @@ class Task:
 
 
 class MQARTask(Task):
+    """MQAR with ``num_kv_pairs`` pairs. With ``train_kv_counts`` the training batches are a
+    :func:`mqar_mixture` of those counts while evaluation (``split="val"``) stays at
+    ``num_kv_pairs``; ``labels_per_row`` is then the largest count, and rows with fewer labels
+    are padded with ignored positions by the training loop's fixed-shape gather."""
     name = "mqar"
     device_native = True
 
     def __init__(self, seq_len: int = 256, num_kv_pairs: int = 16, vocab_size: int = 8192, power_a: float = 0.01,
-                 random_non_queries: bool = True):
+                 random_non_queries: bool = True, train_kv_counts=None):
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
         self.power_a, self.random_non_queries = power_a, random_non_queries
-        mqar(1, seq_len, num_kv_pairs, vocab_size, power_a, random_non_queries)   # validate once
-        self.labels_per_row = num_kv_pairs
+        self.train_kv_counts = tuple(train_kv_counts) if train_kv_counts else None
+        for kv in (num_kv_pairs, *(self.train_kv_counts or ())):   # validate once
+            mqar(1, seq_len, kv, vocab_size, power_a, random_non_queries)
+        self.labels_per_row = max((num_kv_pairs, *(self.train_kv_counts or ())))
 
     def sample(self, batch, generator=None, seq_len=None, split="train", device=None):
+        if split == "train" and self.train_kv_counts:
+            return mqar_mixture(batch, seq_len or self.seq_len, self.train_kv_counts, self.vocab_size,
+                                self.power_a, self.random_non_queries, generator, device)
         return mqar(batch, seq_len or self.seq_len, self.num_kv_pairs, self.vocab_size, self.power_a,
                     self.random_non_queries, generator, device)
 

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("task")
     t.add_argument("--seq-len", type=int, default=256)
     t.add_argument("--num-kv", type=int, default=16, help="mqar: key-value pairs")
+    t.add_argument("--train-kv", type=_int_list, default=[],
+                   help="mqar: train on a mix of these key-value counts, e.g. 4,8,16,32,64 (Based's MQAR mix; "
+                        "each batch split evenly over them); evaluation stays at --num-kv")
     t.add_argument("--vocab", type=int, default=None, help=f"task vocabulary (default {TASK_VOCAB})")
     t.add_argument("--copy-tokens", type=int, default=16, help="copy: tokens to memorise")
     t.add_argument("--zero-fill", action="store_true", help="mqar: zeros instead of random non-query tokens")
@@ -96,7 +99,7 @@ def make_task(args):
     vocab = args.vocab or TASK_VOCAB.get(args.task)
     if args.task == "mqar":
         return _make("mqar", seq_len=args.seq_len, num_kv_pairs=args.num_kv, vocab_size=vocab,
-                     random_non_queries=not args.zero_fill)
+                     random_non_queries=not args.zero_fill, train_kv_counts=getattr(args, "train_kv", None) or None)
     if args.task == "induction":
         return _make("induction", seq_len=args.seq_len, vocab_size=vocab)
     if args.task == "copy":
@@ -148,8 +151,11 @@ def _loss_and_acc(model, x, y, labels_per_row=None, check_ids=True):
         mask = y != -100
         logits = model.logits(h[mask])
         target = y[mask]
-    loss = F.cross_entropy(logits.float(), target)
-    acc = (logits.argmax(-1) == target).float().mean()
+    # a gathered row with fewer labels than labels_per_row (a mixed MQAR batch) brings ignored
+    # positions: cross_entropy skips them, and the accuracy counts labelled positions only
+    valid = target != -100
+    loss = F.cross_entropy(logits.float(), target, ignore_index=-100)
+    acc = ((logits.argmax(-1) == target) & valid).sum() / valid.sum().clamp_min(1)
     return loss, acc
 
 
@@ -403,6 +409,8 @@ def main(argv=None) -> int:
     for name in ("d_model", "n_layers", "batch", "steps", "seq_len", "eval_every", "eval_batches", "eval_batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"vscan lm: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.train_kv and args.task != "mqar":
+        raise SystemExit(f"vscan lm: --train-kv is an MQAR option, got --task {args.task}")
     threads = torch.get_num_threads()
     try:
         res = train(args)
