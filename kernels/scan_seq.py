@@ -34,11 +34,6 @@ split): a thread then holds N / NSPLIT states, which cuts the reverse pass's reg
 167 at N = 16, NSPLIT 2: 12 warps per SM instead of 8); the sums over N (du, ddelta, dz)
 become float32 atomic adds, one per split. The host picks NSPLIT = 2 from N = 16 on.
 
-Opt-in until a GPU has timed it (VSCAN_SCAN_BC_WORDS=1): time-varying bf16 B and C read four
-states per 64-bit load (``_bc_words``) instead of one 16-bit load per state; in the offline sm_90
-compile that is 8 instead of 32 loads per forward step, and 64 instead of 96 registers in the
-forward, 127 instead of 168 in the (N-split) backward.
-
 Every atomic add here is ``sem="relaxed"``: nothing reads the summed buffers before the kernel
 ends, and the default (acq_rel) compiles to a GPU-wide memory fence plus an L1 invalidation
 around each add (MEMBAR.ALL.GPU / CCTL.IVALL in the SASS), which cost the backward 5-7% and the
@@ -96,15 +91,11 @@ def _state_ptrs(ptr, offs_n, offs_d, NSTATE):
 
 @triton.jit
 def _step_bc(ptr, t, const, offs_n, nmask, offs_d, dmask, g0, g_d, s_l, s_g,
-             VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, WORDS: tl.constexpr = False, n_lo=0,
-             BLOCK_N: tl.constexpr = 1):
-    """B or C at step t, broadcastable to [BLOCK_N, BLOCK_D]; the constant tile when not VARY.
-    WORDS (one group, bf16, rows 8-byte aligned): the tile's states n_lo ... by 64-bit loads."""
+             VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+    """B or C at step t, broadcastable to [BLOCK_N, BLOCK_D]; the constant tile when not VARY."""
     # one return: compiled Triton (unlike the interpreter) rejects returns of different shapes
     if VARY:
-        if SINGLE_GROUP and WORDS:
-            v = _bc_words(ptr, t, g0, s_l, s_g, n_lo, BLOCK_N)
-        elif SINGLE_GROUP:
+        if SINGLE_GROUP:
             v = tl.load(ptr + t * s_l + g0 * s_g + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
         else:
             v = tl.load(ptr + t * s_l + g_d[None, :] * s_g + offs_n[:, None],
@@ -112,24 +103,6 @@ def _step_bc(ptr, t, const, offs_n, nmask, offs_d, dmask, g0, g_d, s_l, s_g,
     else:
         v = const
     return v
-
-
-@triton.jit
-def _bc_words(ptr, t, g0, s_l, s_g, n_lo, BLOCK_N: tl.constexpr):
-    """[BLOCK_N, 1] float32 B or C at step t from bf16 storage, four states per 64-bit load (one
-    group; row k holds state n_lo + BLOCK_N - 1 - k, the order of ``_state_index``). The values
-    are the same for every lane, so the compiler keeps the words in uniform registers: in the
-    offline sm_90 compile of the forward this took 32 16-bit loads per step down to 8 and the
-    registers from 96 to 64 (opt-in, VSCAN_SCAN_BC_WORDS=1, until a GPU has timed it)."""
-    NW: tl.constexpr = BLOCK_N // 4
-    wp = (ptr + t * s_l + g0 * s_g + n_lo).to(tl.pointer_type(tl.int64))
-    w = tl.load(wp + (NW - 1 - tl.arange(0, NW)))
-    p0 = ((w & 0xFFFF) << 16).to(tl.int32).to(tl.float32, bitcast=True)
-    p1 = (((w >> 16) & 0xFFFF) << 16).to(tl.int32).to(tl.float32, bitcast=True)
-    p2 = (((w >> 32) & 0xFFFF) << 16).to(tl.int32).to(tl.float32, bitcast=True)
-    p3 = (((w >> 48) & 0xFFFF) << 16).to(tl.int32).to(tl.float32, bitcast=True)
-    # join adds a trailing axis: [a, j, i] = (i ? (p2, p0) : (p3, p1))[j], so row 4a + 2j + i is p(3 - 2j - i)
-    return tl.reshape(tl.join(tl.join(p3, p1), tl.join(p2, p0)), [BLOCK_N])[:, None]
 
 
 @triton.jit
@@ -231,16 +204,13 @@ def _const_tile(ptr, offs_n, nmask, offs_d, dmask, NSTATE, VARY: tl.constexpr):
 def _fwd_step_loads(t, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask,
                     offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
                     HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr, LOAD_B: tl.constexpr, LOAD_C: tl.constexpr,
-                    LOAD_Z: tl.constexpr, SINGLE_GROUP: tl.constexpr, BC_WORDS: tl.constexpr = False,
-                    BLOCK_N: tl.constexpr = 1):
+                    LOAD_Z: tl.constexpr, SINGLE_GROUP: tl.constexpr):
     """Everything the forward step t reads: its grid row, u, dt, B, C, z (issued a step ahead)."""
     r = _row_id(idx_ptr, t, HAS_IDX)
     u = _row(u_ptr, r, s_ul, offs_d, dmask, True)
     dt = _dt_load(dt_ptr, r, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-    B = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP,
-                 BC_WORDS, 0, BLOCK_N)
-    C = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP,
-                 BC_WORDS, 0, BLOCK_N)
+    B = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+    C = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
     z = _row(z_ptr, r, s_zl, offs_d, dmask, LOAD_Z)
     return r, u, dt, B, C, z
 
@@ -258,7 +228,6 @@ def scan_fwd_seq_kernel(
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr, SAVE_ALL: tl.constexpr,
     HAS_IDX: tl.constexpr, OUT_ATOMIC: tl.constexpr, LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1,
-    BC_WORDS: tl.constexpr = False,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -301,8 +270,7 @@ def scan_fwd_seq_kernel(
     LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
     r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
         t_begin, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask, offs_r, rmask,
-        g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP,
-        BC_WORDS, BLOCK_N)
+        g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
     for t in range(t_begin, t_end):
         r = r_n
         u = u_n
@@ -313,7 +281,7 @@ def scan_fwd_seq_kernel(
         r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
             tl.minimum(t + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
             offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
-            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP, BC_WORDS, BLOCK_N)
+            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
         if MODE == 1:
             dtsum += dt
@@ -348,15 +316,13 @@ def scan_fwd_seq_kernel(
 def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt, offs_r, rmask,
                offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
-               FAST_EXP: tl.constexpr, HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr, WORDS: tl.constexpr = False,
-               n_lo=0, BLOCK_N: tl.constexpr = 1):
+               FAST_EXP: tl.constexpr, HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr):
     """Walk the state forward over steps [ta, tb) from h (loads one step ahead); before every
     ``every``-th step store it to dst + k * tile. Returns the state after step tb - 1."""
     r_n = _row_id(idx_ptr, ta, HAS_IDX)
     u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
     dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP,
-                   WORDS, n_lo, BLOCK_N)
+    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
     for t in range(ta, tb):
         u = u_n
         _dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS)
@@ -365,8 +331,7 @@ def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A
         r_n = _row_id(idx_ptr, tn, HAS_IDX)
         u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
         dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-        B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP,
-                       WORDS, n_lo, BLOCK_N)
+        B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP)
         if (t - ta) % every == 0:
             tl.store(dst + ((t - ta) // every) * tile, h)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
@@ -410,7 +375,6 @@ def scan_bwd_seq_kernel(
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
     HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr, PREFETCH_BC: tl.constexpr = True,
     LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1, NSPLIT: tl.constexpr = 1,
-    BC_WORDS: tl.constexpr = False,
 ):
     # NSPLIT > 1: the N states are split over NSPLIT programs (grid axis 0 = channel block x
     # split), BLOCK_N = N / NSPLIT each, for fewer registers per thread; the sums over N (du,
@@ -424,7 +388,6 @@ def scan_bwd_seq_kernel(
     offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N, pid_n)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
-    n_lo = pid_n * BLOCK_N                  # the tile's lowest state (BC_WORDS loads from there)
     bb, kk = _dir_split(pid_b, K_DIR)
     # du is laid out like u (float32 and shared by the directions when DU_ATOMIC), ddt like dt
     u_ptr += bb * s_ub + kk * s_uk
@@ -481,8 +444,7 @@ def scan_bwd_seq_kernel(
             h = tl.load(_state_ptrs(st_ptr + c * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
             h = _recompute(h, t0, t1, SUB, s_tile + SUB * tile, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt, offs_r, rmask,
                            offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
-                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK, BC_WORDS, n_lo,
-                           BLOCK_N)
+                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)
         for j in range(0, n_sub):
             s = n_sub - 1 - j
             ts0 = t0 + s * SUB
@@ -492,8 +454,7 @@ def scan_bwd_seq_kernel(
                 h = tl.load(s_tile + (SUB + s) * tile)
                 h = _recompute(h, ts0, ts1, 1, s_tile, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt, offs_r, rmask,
                                offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
-                               HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK, BC_WORDS, n_lo,
-                               BLOCK_N)
+                               HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)
                 tl.debug_barrier()
             # pass C: backwards through the sub-chunk, loads of step t-1 issued before step t's math
             LOAD_B: tl.constexpr = B_VARY and MODE == 0
@@ -503,10 +464,8 @@ def scan_bwd_seq_kernel(
             dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
             g_n = _row(dout_ptr, r_n, s_gl, offs_d, dmask, True)
             z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, HAS_Z)
-            B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP,
-                           BC_WORDS, n_lo, BLOCK_N)
-            C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP,
-                           BC_WORDS, n_lo, BLOCK_N)
+            B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+            C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP)
             if MODE == 0:
                 hp_n = tl.load(s_tile + (t - ts0) * tile)
             for k in range(0, ts1 - ts0):
@@ -521,10 +480,8 @@ def scan_bwd_seq_kernel(
                     Bt = B_n
                     Ct = C_n
                 else:  # B and C loaded at their own step: 2 x N fewer loop-carried registers
-                    Bt = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP,
-                                  BC_WORDS, n_lo, BLOCK_N)
-                    Ct = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP,
-                                  BC_WORDS, n_lo, BLOCK_N)
+                    Bt = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+                    Ct = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP)
                 tp = tl.maximum(t - 1, ts0)
                 r_n = _row_id(idx_ptr, tp, HAS_IDX)
                 u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
@@ -533,9 +490,9 @@ def scan_bwd_seq_kernel(
                 z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, HAS_Z)
                 if PREFETCH_BC:
                     B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B,
-                                   SINGLE_GROUP, BC_WORDS, n_lo, BLOCK_N)
+                                   SINGLE_GROUP)
                     C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY,
-                                   SINGLE_GROUP, BC_WORDS, n_lo, BLOCK_N)
+                                   SINGLE_GROUP)
                 if HAS_Z:
                     sz = tl.sigmoid(zz)
                     dy = dout * zz * sz

@@ -67,23 +67,6 @@ def _seq_bwd():
     return bool(prefetch), maxnreg
 
 
-def _use_bc_words(pr, block_n: int) -> bool:
-    """Read B and C four bf16 states per 64-bit load (``_bc_words`` in scan_seq.py)? Opt-in with
-    VSCAN_SCAN_BC_WORDS=1 until a GPU has timed it. Needs both time-varying in bf16, a channel
-    block inside one group, block_n states per program (a multiple of 4) covering N exactly, and
-    every row 8-byte aligned (strides in multiples of 4 elements)."""
-    flag = os.environ.get("VSCAN_SCAN_BC_WORDS", "0").strip()
-    if flag not in ("0", "1"):
-        raise ValueError(f"VSCAN_SCAN_BC_WORDS: expected 0 or 1, got {flag!r}")
-    p = pr.p
-    if flag == "0" or p["kind"] != "sequential" or not (pr.B_vary and pr.C_vary and p["single"]):
-        return False
-    if p["bn"] != pr.N or block_n % 4:
-        return False
-    return all(X.dtype == torch.bfloat16 and X.stride(-1) == 1 and X.data_ptr() % 8 == 0 and
-               all(st % 4 == 0 for st in strides) for X, strides in ((pr.B, pr.sB), (pr.C, pr.sC)))
-
-
 def _seq_tile():
     env = os.environ.get("VSCAN_SCAN_SEQ")
     return tuple(map(int, env.split(","))) if env else SEQ_TILE
@@ -226,7 +209,7 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
                 pr.opt(pr.idx), pr.opt(pr.W32))
         scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg, pr.K, float(out_scale), pr.rank,
                    *pr.su, *pr.sdt, *pr.sz, *s_out, *pr.sB, *pr.sC)
-        extra = dict(OUT_ATOMIC=out_atomic, BC_WORDS=_use_bc_words(pr, p["bn"]))
+        extra = dict(OUT_ATOMIC=out_atomic)
     else:
         assert pr.K == 1 and pr.idx is None and not out_atomic and pr.W32 is None, \
             "the chunked kernels scan one direction with a full delta"
@@ -305,8 +288,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     w_in, w_out = pr.opt(pr.W32), (dW if dW is not None else dA)
     if seq:
         prefetch, maxnreg = _seq_bwd()
-        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch,
-                      BC_WORDS=_use_bc_words(pr, p["bn"] // nsplit))
+        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch)
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if maxnreg:

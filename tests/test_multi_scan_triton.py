@@ -178,26 +178,3 @@ def test_lowrank_dt_bad_shapes():
         ms.multi_scan(*args, index=index, dt_weight=torch.randn(4, 5, 3))
     with pytest.raises(ValueError, match=r"delta: expected shape \(1, 6, 4, 2\).*low-rank"):
         ms.multi_scan(*args, index=index, dt_weight=torch.randn(4, 4, 2))
-
-
-@pytest.mark.parametrize("N,tile", [(8, "8,1,4,1,4,2")], ids=["N8-nsplit2"])
-def test_bc_words_path_equals_scalar_loads(N, tile, monkeypatch):
-    """VSCAN_SCAN_BC_WORDS=1 with per-direction bf16 B/C (the direction axis in the group's place)
-    gives what the scalar loads give, output and every gradient."""
-    import vscan.kernels.selective_scan as ks
-    monkeypatch.setenv("VSCAN_SCAN_SEQ", tile)
-    taken = []
-    real = ks._use_bc_words
-    monkeypatch.setattr(ks, "_use_bc_words", lambda pr, bn: taken.append(real(pr, bn)) or taken[-1])
-    index = get_order("cross").index((3, 5))
-    K, L = index.shape
-    x = make(1, L, K, 8, N, True, torch.bfloat16, seed=N)
-    gy = torch.randn(1, L, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    y0, g0 = run(x, "triton", index, "sum", gy)
-    monkeypatch.setenv("VSCAN_SCAN_BC_WORDS", "1")
-    taken.clear()
-    y1, g1 = run(x, "triton", index, "sum", gy)
-    assert taken and all(taken)
-    assert rel(y1, y0) < 1e-6
-    for k in g0:
-        assert rel(g1[k], g0[k]) < 1e-6, k

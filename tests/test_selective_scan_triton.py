@@ -97,62 +97,6 @@ def test_triton_matches_reference(case, kernel, dtype_name, monkeypatch):
             assert rel(gk[k], g64[k]) <= 2 * rel(gr[k], g64[k]) + 2e-3, k
 
 
-@pytest.mark.parametrize("case,tile", [((2, 37, 8, 4, 2, True, ("D", "z", "bias", "init"), False), "16,1,4,1,4"),
-                                       ((1, 40, 8, 8, 1, True, ("D", "z"), True), "16,1,4,1,4,2"),
-                                       ((1, 20, 8, 16, 1, True, ("bias",), False), "16,1,4,1,4")],
-                         ids=["N4-G2", "N8-nsplit2-seg", "N16-default-split"])
-def test_bc_words_path_equals_scalar_loads(case, tile, monkeypatch):
-    """VSCAN_SCAN_BC_WORDS=1 (B/C read four bf16 states per 64-bit load) gives what the scalar
-    loads give, to float32 rounding, and stays within the bf16 tolerance of the float64 reference."""
-    import vscan.kernels.selective_scan as ks
-    b, L, d, N, G, vary, opts, seg = case
-    if seg:
-        monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64")
-    monkeypatch.setenv("VSCAN_SCAN_KERNEL", "sequential")
-    monkeypatch.setenv("VSCAN_SCAN_SEQ", tile)
-    taken = []
-    real = ks._use_bc_words
-    monkeypatch.setattr(ks, "_use_bc_words", lambda pr, bn: taken.append(real(pr, bn)) or taken[-1])
-    x = make(b, L, d, N, G, vary, opts, torch.bfloat16, seed=L + d + N)
-    g = torch.Generator().manual_seed(2)
-    gy, gl = torch.randn(b, L, d, generator=g), torch.randn(b, d, N, generator=g)
-    y0, h0, g0 = run(x, "triton", gy, gl)
-    assert taken and not any(taken)
-    monkeypatch.setenv("VSCAN_SCAN_BC_WORDS", "1")
-    taken.clear()
-    y1, h1, g1 = run(x, "triton", gy, gl)
-    assert taken and all(taken)                  # forward and backward both took the word loads
-    assert rel(y1, y0) < 1e-6 and rel(h1, h0) < 1e-6
-    for k in g0:
-        assert rel(g1[k], g0[k]) < 1e-6, k
-    y64, _, g64 = run(x, "f64", gy, gl)
-    yr, _, gr = run(x, "reference", gy, gl)
-    assert rel(y1, y64) <= 2 * rel(yr, y64) + 2e-3
-    for k in g64:
-        assert rel(g1[k], g64[k]) <= 2 * rel(gr[k], g64[k]) + 2e-3, k
-
-
-def test_bc_words_only_where_it_applies(monkeypatch):
-    from vscan.kernels.selective_scan import _Problem, _use_bc_words
-    monkeypatch.setenv("VSCAN_SCAN_BC_WORDS", "1")
-    monkeypatch.delenv("VSCAN_SCAN_SEQ", raising=False)
-    u = torch.zeros(2, 16, 8, dtype=torch.bfloat16)
-    A = torch.zeros(1, 8, 8)
-
-    def prob(B, C):
-        return _Problem(u, u, A, B, C, None, None, None, True)
-    bc = torch.zeros(2, 16, 1, 8, dtype=torch.bfloat16)
-    assert _use_bc_words(prob(bc, bc), 8)
-    assert not _use_bc_words(prob(bc.float(), bc.float()), 8)                 # float32 B/C: scalar loads
-    assert not _use_bc_words(prob(torch.zeros(8, 8), bc), 8)                    # constant B
-    assert not _use_bc_words(prob(bc, bc), 6)                                   # states per program not 4k
-    odd = torch.zeros(2, 16, 1, 9, dtype=torch.bfloat16)[..., :8]           # rows of 9: misaligned
-    assert not _use_bc_words(prob(odd, odd), 8)
-    monkeypatch.setenv("VSCAN_SCAN_BC_WORDS", "2")
-    with pytest.raises(ValueError, match="VSCAN_SCAN_BC_WORDS"):
-        _use_bc_words(prob(bc, bc), 8)
-
-
 def test_kernel_choice():
     from vscan.kernels.selective_scan import SEQ_MAX_N, _kernel_kind
     assert _kernel_kind(16) == "sequential" and _kernel_kind(SEQ_MAX_N + 1) == "chunked"
