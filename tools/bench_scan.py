@@ -140,6 +140,19 @@ def use_kernel(kind, tile=None):
         os.environ["VSCAN_SCAN_SEQ"] = tile
 
 
+def _new_kernel_variants(seen: set) -> list:
+    """Registers / spills of the sequential kernel variants compiled since the last call (the
+    ones the config just timed compiled: Triton caches one per constexpr set and register cap)."""
+    try:
+        from profile_scan import kernel_resources
+        rows = kernel_resources(with_ids=True)
+    except Exception as e:   # compiled-kernel internals differ across Triton versions
+        return [f"unavailable: {type(e).__name__}: {e}"]
+    out = [dict(kernel=n, regs=r, spills=sp, shared=sh) for key, n, r, sp, sh in rows if key not in seen]
+    seen.update(key for key, *_ in rows)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/bench_scan.json")
@@ -166,11 +179,13 @@ def main(argv=None):
     gates = ([("sequential", None)] + ([] if args.no_chunked else [("chunked", None)])
              + [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
              + [("sequential", t) for t in extra_tiles])
+    seen = set()   # compiled kernel variants already attributed to a config (report["kernels"])
     for kind, tile in gates:
         use_kernel(kind, tile)
         sub = {}
         ok &= check_correctness(sub)
         report.setdefault("correctness", {})[kind + (f" {tile}" if tile else "")] = sub["correctness"]
+        report.setdefault("kernels", {})[f"{kind} {tile or 'default'}"] = _new_kernel_variants(seen)
     if not ok:
         print("CORRECTNESS FAILED: not timing")
         write_json(args.out, report)
@@ -200,6 +215,11 @@ def main(argv=None):
                 r["speedup_vs_ref_fwd"] = r["ref_fwd_ms"] / r["fwd_ms"]
                 r["speedup_vs_ref_fwdbwd"] = r["ref_fwdbwd_ms"] / r["fwdbwd_ms"]
             add_row(rows, r, args.out, report)
+        key = f"{kind} {tile or 'default'}"
+        report["kernels"].setdefault(key, []).extend(_new_kernel_variants(seen))
+        print(key, "registers/spills of its kernels:",
+              sorted({(k.get("kernel"), k.get("regs"), k.get("spills")) for k in report["kernels"][key]
+                      if isinstance(k, dict)}), flush=True)
     report["rows"] = rows
     write_json(args.out, report)
     print_markdown(

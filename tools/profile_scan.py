@@ -33,14 +33,17 @@ def _compiled(obj, depth=0):
             yield from _compiled(v, depth + 1)
 
 
-def kernel_resources():
-    """(name, registers, spills, shared bytes) of every compiled variant of the scan kernels."""
+def kernel_resources(with_ids=False):
+    """(name, registers, spills, shared bytes) of every compiled variant of the scan kernels;
+    ``with_ids``: each row starts with the compiled object's id, so a caller can tell the
+    variants compiled since its last look."""
     from vscan.kernels import scan_seq
     rows = []
     for name in ("scan_fwd_seq_kernel", "scan_bwd_seq_kernel"):
         k = getattr(scan_seq, name)
         for ck in _compiled(getattr(k, "device_caches", None) or getattr(k, "cache", {})):
-            rows.append((name, ck.n_regs, ck.n_spills, getattr(ck.metadata, "shared", None)))
+            row = (name, ck.n_regs, ck.n_spills, getattr(ck.metadata, "shared", None))
+            rows.append((id(ck), *row) if with_ids else row)
     return rows
 
 
