@@ -50,7 +50,9 @@ def test_mqar_positions_are_the_tasks():
 
 
 @pytest.mark.parametrize("model,extra", [("jamba", []), ("hymba", ["--meta-tokens", "2", "--window", "8",
-                                                                     "--n-layers", "3"])])
+                                                                     "--n-layers", "3"]),
+                                         ("jamba", ["--train-kv", "1,2,8"])],   # probed at --num-kv, not the mix
+                         ids=["jamba", "hymba", "jamba-kvmix"])
 def test_probe_of_a_saved_run(tmp_path, model, extra):
     run = tmp_path / "run"
     assert lm_main(["--model", model, *TINY, *extra, "--out", str(run)]) == 0

@@ -103,7 +103,7 @@ def mqar_positions(x: torch.Tensor, y: torch.Tensor, num_kv: int):
 
 def probe(model, task, args, batch: int = 64, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
-    x, y = task.sample(batch, generator=g)
+    x, y = task.sample(batch, generator=g, split="val")     # at --num-kv, also for a --train-kv mix run
     with torch.no_grad():
         plain = model(x)
         with record_attention(model) as records:
