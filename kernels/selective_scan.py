@@ -37,8 +37,9 @@ SEQ_TILE = (64, 1, 8, 16)
 SEQ_NSPLIT, SEQ_NSPLIT_MIN_N = 2, 16
 # Sequential backward: (prefetch B/C one step ahead in the reverse pass, register cap or 0 for
 # none). Overridable with VSCAN_SCAN_BWD="P,R". Without a cap (and without the N split) the
-# reverse pass takes all 255 registers at N = 16 (8 warps per SM on an H100/H200); see
-# results/bench_scan_h200.md.
+# reverse pass takes all 255 registers at N = 16 (8 warps per SM on an H100/H200); with the
+# split about 230. Caps of 168 / 128 with the split moved forward+backward by -5% to +4% per shape
+# on an H200 (2026-12-02), no consistent gain: results/bench_scan_h200.md.
 SEQ_BWD = (1, 0)
 
 
