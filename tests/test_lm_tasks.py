@@ -154,3 +154,16 @@ def test_cuda_graph_steps_equal_eager_steps(tmp_path, model):
     assert hist["graph"][-1] < hist["graph"][0] - 0.05
     for a, b in zip(hist["eager"], hist["graph"]):
         assert abs(a - b) <= 2e-3 * max(1.0, abs(a)), hist
+
+
+@pytest.mark.parametrize("model", ["attention", "hymba"])
+def test_no_rope_reaches_every_attention_layer(model):
+    from vscan.layers.attention import CausalSelfAttention
+    from vscan.tools.lm import build_model, build_parser
+    ropes = {}
+    for flag in ([], ["--no-rope"]):
+        args = build_parser().parse_args(["--model", model, "--d-model", "16", "--heads", "2", *flag])
+        args.argv = []
+        m = build_model(args, 32)
+        ropes[bool(flag)] = {a.rope for a in m.modules() if isinstance(a, CausalSelfAttention)}
+    assert ropes == {False: {True}, True: {False}}

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--d-ff", type=int, default=0, help="MLP / expert width; 0 = no MLP (Zoology's MQAR setting)")
     g.add_argument("--window", type=int, default=None, help="sliding window (attention: all layers; hymba: local layers)")
     g.add_argument("--meta-tokens", type=int, default=0, help="hymba: learnable meta tokens")
+    g.add_argument("--no-rope", action="store_true",
+                   help="attention / hymba: no rotary positions (Jamba's attention never has them)")
     g.add_argument("--num-experts", type=int, default=1, help="jamba: experts per MoE layer (1 = dense MLP)")
     g.add_argument("--top-k", type=int, default=2, help="jamba: experts per token")
     g.add_argument("--attn-period", type=int, default=None, help="jamba: attn_layer_period (default min(8, n_layers))")
@@ -117,7 +119,7 @@ def build_model(args, vocab_size: int):
                        expand=args.expand, d_ff=args.d_ff)
     if args.model == "attention":
         return AttentionLM(vocab_size=vocab_size, d_model=d, n_layers=n, num_heads=args.heads, num_kv_heads=kv,
-                           d_ff=args.d_ff, window=args.window)
+                           d_ff=args.d_ff, window=args.window, rope=not getattr(args, "no_rope", False))
     if args.model == "jamba":
         period = args.attn_period or min(8, n)
         offset = args.attn_offset if args.attn_offset is not None else period // 2
@@ -131,7 +133,7 @@ def build_model(args, vocab_size: int):
     return HymbaLM(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=n, num_attention_heads=args.heads,
                    num_key_value_heads=kv, intermediate_size=args.d_ff, num_memory_tokens=args.meta_tokens,
                    sliding_window=args.window, mamba_d_state=args.d_state, mamba_d_conv=args.d_conv,
-                   mamba_expand=args.expand, max_position_embeddings=max_len,
+                   mamba_expand=args.expand, max_position_embeddings=max_len, rope=not getattr(args, "no_rope", False),
                    pad_token_id=None, bos_token_id=None, eos_token_id=None)
 
 
