@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vscan.data.text_tasks import IGNORE
+
 MODELS = ("mamba", "jamba", "hymba", "attention")
 TASK_VOCAB = {"mqar": 8192, "induction": 16, "copy": 16}
 
@@ -145,18 +147,18 @@ def _loss_and_acc(model, x, y, labels_per_row=None, check_ids=True):
     (another sync) for batches the task generator made."""
     h = model.forward_hidden(x, check_ids=check_ids)
     if labels_per_row is not None:
-        pos = (y != -100).to(torch.float32).topk(labels_per_row, dim=1).indices      # (b, k), no sync
+        pos = (y != IGNORE).to(torch.float32).topk(labels_per_row, dim=1).indices      # (b, k), no sync
         target = y.gather(1, pos)
         logits = model.logits(h.gather(1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])))
         logits, target = logits.flatten(0, 1), target.flatten()
     else:
-        mask = y != -100
+        mask = y != IGNORE
         logits = model.logits(h[mask])
         target = y[mask]
     # a gathered row with fewer labels than labels_per_row (a mixed MQAR batch) brings ignored
     # positions: cross_entropy skips them, and the accuracy counts labelled positions only
-    valid = target != -100
-    loss = F.cross_entropy(logits.float(), target, ignore_index=-100)
+    valid = target != IGNORE
+    loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
     acc = ((logits.argmax(-1) == target) & valid).sum() / valid.sum().clamp_min(1)
     return loss, acc
 
