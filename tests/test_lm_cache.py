@@ -32,11 +32,18 @@ def hymba():
                    max_position_embeddings=64)
 
 
+def hymba_unnormed_attention():
+    # the attention branch without its RMSNorm (a learnable scale only), branch scales not 1
+    return HymbaLM(vocab_size=V, hidden_size=16, intermediate_size=0, num_hidden_layers=3, num_attention_heads=2,
+                   num_key_value_heads=2, num_memory_tokens=2, sliding_window=4, mamba_d_state=4,
+                   max_position_embeddings=64, attn_output_norm=False, attn_output_scale=0.5, ssm_output_scale=2.0)
+
+
 def attention_swa():
     return AttentionLM(vocab_size=V, d_model=16, n_layers=2, num_heads=4, num_kv_heads=2, d_ff=32, window=6)
 
 
-FACTORIES = [mamba, jamba_swa, jamba_full, hymba, attention_swa]
+FACTORIES = [mamba, jamba_swa, jamba_full, hymba, hymba_unnormed_attention, attention_swa]
 
 
 @pytest.fixture(params=FACTORIES, ids=lambda f: f.__name__)

@@ -91,6 +91,8 @@ def test_jamba_config_mirrors_transformers_defaults():
     (dict(kv_reuse_group=[[1, 2], [2, 3]]), "kv_reuse_group"),
     (dict(num_attention_heads=3), "num_attention_heads"),
     (dict(sliding_window=0), "sliding_window"),
+    (dict(attn_output_scale=float("inf")), "attn_output_scale"),
+    (dict(ssm_output_scale="1"), "ssm_output_scale"),
 ])
 def test_hymba_config_errors(kw, field):
     base = dict(vocab_size=20, hidden_size=8, num_hidden_layers=5, num_attention_heads=2, num_key_value_heads=1,

@@ -128,3 +128,17 @@ def test_bundle_holds_weights_only_when_asked(tmp_path):
     # the runs write model.pt only when the bundle is to hold it
     assert all("--no-save" in r["argv"] for r in mod.plan(mod.build_parser().parse_args([])))
     assert all("--no-save" not in r["argv"] for r in mod.plan(mod.build_parser().parse_args(["--bundle-weights"])))
+
+
+def test_hymba_args_reach_the_hymba_runs_only():
+    from vscan.tools.lm import build_model, build_parser as lm_parser
+    mod = _load()
+    runs = mod.plan(mod.build_parser().parse_args(["--hymba-args", "--no-attn-norm --attn-scale 0.5"]))
+    hymba = [r for r in runs if r["model"] == "hymba"]
+    assert len(hymba) == 4
+    for r in runs:
+        args = lm_parser().parse_args(r["argv"])
+        assert args.no_attn_norm == (r["model"] == "hymba")
+        assert args.attn_scale == (0.5 if r["model"] == "hymba" else 1.0)
+    model = build_model(lm_parser().parse_args(hymba[0]["argv"]), 512)
+    assert all(type(blk.mixer.attn_norm).__name__ == "ChannelScale" for blk in model.layers)

@@ -51,6 +51,9 @@ Settings, and why (Zoology, Arora et al. 2023; ../shared/reference/text_ltc.md s
   split evenly over them) and still evaluates each cell at its own count: the training mix of
   Based's MQAR sweep (text_ltc.md section 3.3), where the small counts teach the recall circuit
   first. Without it each cell trains on its own count alone, as in Zoology's Figure 2.
+* ``--hymba-args '--no-attn-norm'`` passes lm.py arguments to the Hymba-style runs only. At
+  these sizes the Hymba-style hybrid learns recall only without the RMSNorm on its attention
+  branch (vscan.layers.hybrid_head explains why; model_zoo/lm_results.md, run 9).
 * Induction heads: vocabulary 16, batch 128 (the paper's 8 gives one labelled token per
   sequence, so a larger batch buys signal per step at no extra step time on a GPU), lr 2e-3,
   no weight decay (the paper: Adam, no decay), weight 3 in the time split; it stops early only
@@ -79,6 +82,7 @@ import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
@@ -122,6 +126,8 @@ def plan(a) -> list[dict]:
             argv.append("--zero-fill")
         if getattr(a, "train_kvs", None):
             argv += ["--train-kv", ",".join(str(v) for v in a.train_kvs)]
+        if model == "hymba":
+            argv += shlex.split(getattr(a, "hymba_args", "") or "")
         name = f"mqar_{model}_d{d}_kv{kv}" + (f"_lr{lr:g}" if len(lrs) > 1 else "")
         return {"name": name, "task": "mqar", "model": model, "d_model": d, "num_kv": kv, "lr": lr,
                 "weight": 1.0 if kv <= 16 else 1.25, "argv": argv + common}
@@ -304,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-kvs", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    help="train every MQAR cell on this mix of key-value counts (lm.py --train-kv), e.g. "
                         "4,8,16,32,64; each cell is still evaluated at its own count")
+    g.add_argument("--hymba-args", default="",
+                   help="extra lm.py arguments for the Hymba-style runs, e.g. '--no-attn-norm'")
     g.add_argument("--batch", type=int, default=256)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--lrs", type=lambda s: [float(v) for v in s.split(",")], default=None,

@@ -7,6 +7,16 @@ output projection maps back to d_model::
 
 Both branches work at width ``d_inner = expand * d_model``; attention heads have
 ``head_dim = d_inner / num_heads`` as in Hymba.
+
+``attn_norm=False`` replaces the attention branch's RMSNorm by a learnable per-channel scale
+alone (no normalisation). Why it exists: at small scale (d_model 64-128, 2 layers, MQAR) the
+normalised attention branch never learns to recall. While attention is still diffuse its
+output is an average over many values, small and nearly the same at every position; the
+RMSNorm blows that up to unit size (and every update of the attention weights with it, by
+the same factor), and training settles where the attention heads sit on a fixed "sink"
+position and the SSM branch answers alone. Without the norm the diffuse output stays small
+and recall is learned (model_zoo/lm_results.md, run 9). ``attn_scale`` / ``ssm_scale`` set
+the initial value of the two branch scales (Hymba: 1 and 1).
 """
 from __future__ import annotations
 
@@ -18,6 +28,17 @@ import torch.nn as nn
 from .attention import CausalSelfAttention, KVCache, KVView
 from .mamba import MambaMixer, MambaState, RMSNorm
 from .registry import register_mixer
+
+
+class ChannelScale(nn.Module):
+    """A learnable per-channel scale (an RMSNorm's weight without the normalisation)."""
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x):
+        return x * self.weight
 
 
 @dataclass
@@ -36,13 +57,15 @@ class HybridHeadMixer(nn.Module):
 
     Keywords: attention ones (num_heads, num_kv_heads, window, sink, rope, rope_theta,
     share_kv) are those of :class:`CausalSelfAttention`; SSM ones (d_state, d_conv, dt_rank,
-    bcdt_norm, conv_bias) those of :class:`MambaMixer`; ``expand`` sets both branches' width.
+    bcdt_norm, conv_bias) those of :class:`MambaMixer`; ``expand`` sets both branches' width;
+    ``attn_norm``, ``attn_scale``, ``ssm_scale``: see the module docstring.
     """
 
     def __init__(self, d_model: int, num_heads: int = 4, num_kv_heads: int | None = None, expand: float = 2.0,
                  window: int | None = None, sink: int = 0, rope: bool = True, rope_theta: float = 10000.0,
                  share_kv: bool = False, d_state: int = 16, d_conv: int = 4, dt_rank: int | str = "auto",
                  bcdt_norm: bool = True, conv_bias: bool = True, bias: bool = False, norm_eps: float = 1e-6,
+                 attn_norm: bool = True, attn_scale: float = 1.0, ssm_scale: float = 1.0,
                  device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -57,8 +80,11 @@ class HybridHeadMixer(nn.Module):
                               conv_bias=conv_bias, bias=bias, bcdt_norm=bcdt_norm, **dd)
         # the SSM branch must stay at d_inner until after the normalised average
         self.ssm.out_proj = nn.Identity()
-        self.attn_norm = RMSNorm(d_inner, eps=norm_eps, **dd)
+        self.attn_norm = RMSNorm(d_inner, eps=norm_eps, **dd) if attn_norm else ChannelScale(d_inner, **dd)
         self.ssm_norm = RMSNorm(d_inner, eps=norm_eps, **dd)
+        with torch.no_grad():
+            self.attn_norm.weight.fill_(attn_scale)
+            self.ssm_norm.weight.fill_(ssm_scale)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **dd)
 
     @property

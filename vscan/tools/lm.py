@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--meta-tokens", type=int, default=0, help="hymba: learnable meta tokens")
     g.add_argument("--no-rope", action="store_true",
                    help="attention / hymba: no rotary positions (Jamba's attention never has them)")
+    g.add_argument("--no-attn-norm", action="store_true",
+                   help="hymba: no RMSNorm on the attention branch before the average (a learnable scale only)")
+    g.add_argument("--attn-scale", type=float, default=1.0, help="hymba: initial attention-branch scale")
+    g.add_argument("--ssm-scale", type=float, default=1.0, help="hymba: initial SSM-branch scale")
     g.add_argument("--num-experts", type=int, default=1, help="jamba: experts per MoE layer (1 = dense MLP)")
     g.add_argument("--top-k", type=int, default=2, help="jamba: experts per token")
     g.add_argument("--attn-period", type=int, default=None, help="jamba: attn_layer_period (default min(8, n_layers))")
@@ -136,6 +140,8 @@ def build_model(args, vocab_size: int):
                    num_key_value_heads=kv, intermediate_size=args.d_ff, num_memory_tokens=args.meta_tokens,
                    sliding_window=args.window, mamba_d_state=args.d_state, mamba_d_conv=args.d_conv,
                    mamba_expand=args.expand, max_position_embeddings=max_len, rope=not getattr(args, "no_rope", False),
+                   attn_output_norm=not getattr(args, "no_attn_norm", False),
+                   attn_output_scale=getattr(args, "attn_scale", 1.0), ssm_output_scale=getattr(args, "ssm_scale", 1.0),
                    pad_token_id=None, bos_token_id=None, eos_token_id=None)
 
 

@@ -3,6 +3,7 @@ learnable meta tokens prepended to every sequence, sliding-window attention exce
 first, middle and last layers, and KV caches shared by pairs of consecutive SWA layers."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,10 @@ class HymbaConfig:
     ``global_attn_idx=None``: first/middle/last layer; ``kv_reuse_group=None``: pairs of
     consecutive SWA layers (:func:`default_kv_groups`); ``[]`` turns sharing off.
     ``intermediate_size=0`` drops the MLPs. ``max_position_embeddings`` counts meta tokens.
+    ``attn_output_norm`` / ``attn_output_scale`` / ``ssm_output_scale`` (not Hymba-1.5B fields):
+    whether the attention branch is RMS-normalised before the average (Hymba: yes) and the
+    initial branch scales (Hymba: 1, 1); see :mod:`vscan.layers.hybrid_head` for why a small
+    model may want ``attn_output_norm=False``.
     """
     vocab_size: int = 32001
     hidden_size: int = 1600
@@ -69,6 +74,9 @@ class HymbaConfig:
     mamba_conv_bias: bool = True
     mamba_proj_bias: bool = False
     mamba_inner_layernorms: bool = True
+    attn_output_norm: bool = True
+    attn_output_scale: float = 1.0
+    ssm_output_scale: float = 1.0
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
@@ -94,6 +102,9 @@ class HymbaConfig:
              f"num_attention_heads={self.num_attention_heads}")
         need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
              f"num_attention_heads={self.num_attention_heads} is not a multiple of {self.num_key_value_heads}")
+        for f in ("attn_output_scale", "ssm_output_scale"):
+            v = getattr(self, f)
+            need(isinstance(v, (int, float)) and math.isfinite(v), f, f"expected a finite number, got {v!r}")
         need(self.hidden_act in ACTIVATIONS, "hidden_act", f"expected one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
         if self.global_attn_idx is None:
             self.global_attn_idx = default_global_layers(L)
@@ -144,7 +155,8 @@ class HymbaLM(CausalLM):
                 sink=cfg.num_memory_tokens, rope=cfg.rope, rope_theta=cfg.rope_theta,
                 share_kv=kv_source[i] is not None, d_state=cfg.mamba_d_state, d_conv=cfg.mamba_d_conv,
                 dt_rank=cfg.mamba_dt_rank, bcdt_norm=cfg.mamba_inner_layernorms, conv_bias=cfg.mamba_conv_bias,
-                bias=cfg.mamba_proj_bias, norm_eps=cfg.rms_norm_eps)
+                bias=cfg.mamba_proj_bias, norm_eps=cfg.rms_norm_eps, attn_norm=cfg.attn_output_norm,
+                attn_scale=cfg.attn_output_scale, ssm_scale=cfg.ssm_output_scale)
             ffn = SwiGLU(d, cfg.intermediate_size, cfg.hidden_act) if cfg.intermediate_size else None
             layers.append(LMBlock(mixer, d, ffn, cfg.rms_norm_eps))
         self.layers = nn.ModuleList(layers)
