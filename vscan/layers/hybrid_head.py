@@ -14,9 +14,10 @@ normalised attention branch never learns to recall. While attention is still dif
 output is an average over many values, small and nearly the same at every position; the
 RMSNorm blows that up to unit size (and every update of the attention weights with it, by
 the same factor), and training settles where the attention heads sit on a fixed "sink"
-position and the SSM branch answers alone. Without the norm the diffuse output stays small
-and recall is learned (model_zoo/lm_results.md, run 9). ``attn_scale`` / ``ssm_scale`` set
-the initial value of the two branch scales (Hymba: 1 and 1).
+position and the SSM branch answers alone. Without the norm the diffuse output stays small;
+in some runs recall was then learned, but not yet robustly (model_zoo/lm_results.md, run 9). ``attn_scale`` / ``ssm_scale`` set
+the initial value of the two branch scales (Hymba: 1 and 1); ``attn_scale=None`` with
+``attn_norm=False`` passes the attention output on as it is (no scale parameter).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class HybridHeadMixer(nn.Module):
                  window: int | None = None, sink: int = 0, rope: bool = True, rope_theta: float = 10000.0,
                  share_kv: bool = False, d_state: int = 16, d_conv: int = 4, dt_rank: int | str = "auto",
                  bcdt_norm: bool = True, conv_bias: bool = True, bias: bool = False, norm_eps: float = 1e-6,
-                 attn_norm: bool = True, attn_scale: float = 1.0, ssm_scale: float = 1.0,
+                 attn_norm: bool = True, attn_scale: float | None = 1.0, ssm_scale: float = 1.0,
                  device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -80,10 +81,16 @@ class HybridHeadMixer(nn.Module):
                               conv_bias=conv_bias, bias=bias, bcdt_norm=bcdt_norm, **dd)
         # the SSM branch must stay at d_inner until after the normalised average
         self.ssm.out_proj = nn.Identity()
-        self.attn_norm = RMSNorm(d_inner, eps=norm_eps, **dd) if attn_norm else ChannelScale(d_inner, **dd)
+        if attn_scale is None and attn_norm:
+            raise ValueError("attn_scale: None (no learnable scale) needs attn_norm=False")
+        if attn_norm:
+            self.attn_norm = RMSNorm(d_inner, eps=norm_eps, **dd)
+        else:
+            self.attn_norm = ChannelScale(d_inner, **dd) if attn_scale is not None else nn.Identity()
         self.ssm_norm = RMSNorm(d_inner, eps=norm_eps, **dd)
         with torch.no_grad():
-            self.attn_norm.weight.fill_(attn_scale)
+            if attn_scale is not None:
+                self.attn_norm.weight.fill_(attn_scale)
             self.ssm_norm.weight.fill_(ssm_scale)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **dd)
 

@@ -37,6 +37,10 @@ def _int_list(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()] if s else []
 
 
+def _float_or_none(s: str):
+    return None if s.lower() == "none" else float(s)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vscan lm", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -57,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention / hymba: no rotary positions (Jamba's attention never has them)")
     g.add_argument("--no-attn-norm", action="store_true",
                    help="hymba: no RMSNorm on the attention branch before the average (a learnable scale only)")
-    g.add_argument("--attn-scale", type=float, default=1.0, help="hymba: initial attention-branch scale")
+    g.add_argument("--attn-scale", type=_float_or_none, default=1.0,
+                   help="hymba: initial attention-branch scale; 'none' with --no-attn-norm: no scale parameter")
     g.add_argument("--ssm-scale", type=float, default=1.0, help="hymba: initial SSM-branch scale")
     g.add_argument("--num-experts", type=int, default=1, help="jamba: experts per MoE layer (1 = dense MLP)")
     g.add_argument("--top-k", type=int, default=2, help="jamba: experts per token")

@@ -75,7 +75,7 @@ class HymbaConfig:
     mamba_proj_bias: bool = False
     mamba_inner_layernorms: bool = True
     attn_output_norm: bool = True
-    attn_output_scale: float = 1.0
+    attn_output_scale: float | None = 1.0
     ssm_output_scale: float = 1.0
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
@@ -104,6 +104,9 @@ class HymbaConfig:
              f"num_attention_heads={self.num_attention_heads} is not a multiple of {self.num_key_value_heads}")
         for f in ("attn_output_scale", "ssm_output_scale"):
             v = getattr(self, f)
+            if f == "attn_output_scale" and v is None:
+                need(not self.attn_output_norm, f, "None (no learnable scale) needs attn_output_norm=False")
+                continue
             need(isinstance(v, (int, float)) and math.isfinite(v), f, f"expected a finite number, got {v!r}")
         need(self.hidden_act in ACTIVATIONS, "hidden_act", f"expected one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
         if self.global_attn_idx is None:
