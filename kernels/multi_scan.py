@@ -68,13 +68,16 @@ class _MultiScanFn(torch.autograd.Function):
         g = _backward(pr, states, dtsum, dout, s_dout, dout_scale=scale, du_atomic=not per_dir)
         nd = ctx.needs_input_grad
         K, dim, N = pr.K, pr.dim, pr.N
-        du = g["du"].to(u.dtype) if not per_dir else g["du"]
-        ddelta = g["ddelta"].to(delta.dtype)
+        # each float32 buffer is dropped as soon as it is cast (pop), so the casts do not stack up:
+        # at N = 16 the float32 du and dB / dC buffers alive beside their casts were the peak
+        du = g.pop("du").to(u.dtype) if not per_dir else g.pop("du")
+        ddelta = g.pop("ddelta").to(delta.dtype)
+        dB = _bc_grad(True, g.pop("dB"), pr, B) if nd[3] else None
+        dC = _bc_grad(True, g.pop("dC"), pr, C) if nd[4] else None
         dW = _param_grad(g["dW"], pr, W32.shape, W_dtype) if (W32 is not None and nd[10]) else None
         return (du, ddelta,
                 _param_grad(g["dA"], pr, (K, dim, N), A_dtype) if nd[2] else None,
-                _bc_grad(True, g["dB"], pr, B) if nd[3] else None,
-                _bc_grad(True, g["dC"], pr, C) if nd[4] else None,
+                dB, dC,
                 _param_grad(g["dD"], pr, (K, dim), D_dtype) if (D32 is not None and nd[5]) else None,
                 _param_grad(g["dbias"], pr, (K, dim), bias_dtype) if (bias32 is not None and nd[6]) else None,
                 None, None, None, dW)

@@ -30,6 +30,11 @@ BWD_TILE = (32, 16, 2)
 # smaller BLOCK_D gives tests several channel blocks on tiny shapes; NSPLIT > 1 splits the N
 # states of the backward over that many programs, see scan_bwd_seq_kernel).
 SEQ_TILE = (64, 1, 8, 16)
+# The memory-lean build (dt_proj inside the kernels, multi_scan's dt_weight): chunk states every
+# 256 steps, SUB 16. On an H200 (VMamba-T stage-1 SS2D, N = 16, 2026-12-02) that cut the layer's
+# peak extra memory from 2071 to 1855 MiB (the saved chunk states: 300 -> 84 MiB) at the same
+# speed (f+b 58.1 vs 58.3 ms); results/bench_multi_scan/README.md. VSCAN_SCAN_SEQ overrides both.
+SEQ_TILE_LEAN = (256, 1, 16, 16)
 # Backward N split when the tile does not set one: SEQ_NSPLIT programs share a channel block's
 # states once N >= SEQ_NSPLIT_MIN_N. On an H200 at N = 16 this made forward+backward 1.16-1.29x
 # faster than no split (4 splits: slower than 2), for about twice the backward's extra memory
@@ -68,9 +73,9 @@ def _seq_bwd():
     return bool(prefetch), maxnreg
 
 
-def _seq_tile():
+def _seq_tile(lean: bool = False):
     env = os.environ.get("VSCAN_SCAN_SEQ")
-    return tuple(map(int, env.split(","))) if env else SEQ_TILE
+    return tuple(map(int, env.split(","))) if env else (SEQ_TILE_LEAN if lean else SEQ_TILE)
 
 
 @functools.lru_cache(maxsize=8)
@@ -98,12 +103,12 @@ def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
     return min(pref, triton.next_power_of_2(dim)), False
 
 
-def _plan(L, dim, batch, N, ch_per_group, device):
+def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
     kind = _kernel_kind(N)
     bn = triton.next_power_of_2(N)
     nsplit = 1
     if kind == "sequential":
-        bt, warps, sub, per_sm, *extra = _seq_tile()
+        bt, warps, sub, per_sm, *extra = _seq_tile(lean)
         bd_pref, bwarps = (extra[0] if extra else 32 * warps), warps
         nsplit = extra[1] if len(extra) > 1 else (SEQ_NSPLIT if bn >= SEQ_NSPLIT_MIN_N else 1)
     else:
@@ -175,7 +180,7 @@ class _Problem:
         else:
             groups = B.shape[2] if self.B_vary else (C.shape[2] if self.C_vary else 1)
             self.cpg = self.dim // groups
-        self.p = _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device)
+        self.p = _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device, lean=W32 is not None)
 
     def flags(self):
         p = self.p
@@ -332,8 +337,8 @@ def _param_grad(buf, pr, shape, dtype):
 
 
 def _bc_grad(vary, buf, pr, X):
-    if vary:
-        return buf.sum(0).to(X.dtype).reshape(X.shape)
+    if vary:   # one partial (the sequential kernels): no float32 sum copy before the cast
+        return (buf[0] if buf.shape[0] == 1 else buf.sum(0)).to(X.dtype).reshape(X.shape)
     return _param_grad(buf, pr, X.shape, X.dtype)
 
 

@@ -126,17 +126,23 @@ LOWRANK_CASES = [("cross", (3, 5), 2, 8, 4, 3, True, "sum", False, ""),         
                  # the backward's N states split over 2 programs: shared du, ddt and dW in parts
                  ("cross", (3, 4), 1, 8, 4, 3, True, "sum", False, "8,1,4,1,4,2"),
                  # channel blocks of 16, the last one partial
-                 ("cross", (3, 5), 1, 18, 2, 3, True, "sum", True, "8,1,4,1,16")]
+                 ("cross", (3, 5), 1, 18, 2, 3, True, "sum", True, "8,1,4,1,16"),
+                 # the lean build's own tile (no VSCAN_SCAN_SEQ): one chunk of 64, 3 sub-chunks of 16
+                 ("cross", (5, 7), 1, 8, 4, 3, True, "sum", False, "lean")]
 
 
 @pytest.mark.parametrize("dtype_name", ["fp32", "bf16"])
 @pytest.mark.parametrize("case", LOWRANK_CASES, ids=[f"{c[0]}-R{c[5]}-{c[7]}" + ("-nsplit" if c[9].endswith(",2") else "")
-                                                     + ("-bd16" if c[9].endswith(",16") else "") for c in LOWRANK_CASES])
+                                                     + ("-bd16" if c[9].endswith(",16") else "")
+                                                     + ("-lean" if c[9] == "lean" else "") for c in LOWRANK_CASES])
 def test_fused_lowrank_dt_equals_reference(case, dtype_name, monkeypatch):
     """dt_proj applied inside the kernels (delta = low-rank dt (b, L, K, R) with dt_weight (K, d, R))
     equals the reference on the expanded delta: output and every gradient, dt_weight's too."""
     order, grid, b, d, N, R, shared, merge, seg, tile = case
-    monkeypatch.setenv("VSCAN_SCAN_SEQ", tile or "8,1,4,1,4")
+    if tile == "lean":
+        monkeypatch.delenv("VSCAN_SCAN_SEQ", raising=False)
+    else:
+        monkeypatch.setenv("VSCAN_SCAN_SEQ", tile or "8,1,4,1,4")
     if seg:
         monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
@@ -178,3 +184,17 @@ def test_lowrank_dt_bad_shapes():
         ms.multi_scan(*args, index=index, dt_weight=torch.randn(4, 5, 3))
     with pytest.raises(ValueError, match=r"delta: expected shape \(1, 6, 4, 2\).*low-rank"):
         ms.multi_scan(*args, index=index, dt_weight=torch.randn(4, 4, 2))
+
+
+def test_lean_tile_for_lowrank_dt(monkeypatch):
+    """The build with dt_proj inside the kernels keeps chunk states every 256 steps (SUB 16);
+    the plain build keeps its 64; VSCAN_SCAN_SEQ overrides both."""
+    from vscan.kernels.selective_scan import SEQ_TILE, SEQ_TILE_LEAN, _plan
+    monkeypatch.delenv("VSCAN_SCAN_SEQ", raising=False)
+    lean = _plan(3136, 192, 512, 16, 192, torch.device("cpu"), lean=True)
+    plain = _plan(3136, 192, 512, 16, 192, torch.device("cpu"))
+    assert (lean["bt"], lean["sub"]) == (SEQ_TILE_LEAN[0], SEQ_TILE_LEAN[2]) == (256, 16)
+    assert (plain["bt"], plain["sub"]) == (SEQ_TILE[0], SEQ_TILE[2])
+    assert lean["n_chunks"] == 13
+    monkeypatch.setenv("VSCAN_SCAN_SEQ", "32,1,4,1")
+    assert _plan(3136, 192, 512, 16, 192, torch.device("cpu"), lean=True)["bt"] == 32
