@@ -46,6 +46,10 @@ SEQ_NSPLIT, SEQ_NSPLIT_MIN_N = 2, 16
 # split about 230. Caps of 168 / 128 with the split moved forward+backward by -5% to +4% per shape
 # on an H200 (2026-12-02), no consistent gain: results/bench_scan_h200.md.
 SEQ_BWD = (1, 0)
+# The memory-lean build (dt_proj inside the kernels) with a cap of 128 registers: on an H200
+# (VMamba-T stage-1 SS2D, N = 16, 2026-12-02) f+b 50.0 vs 55.2 ms without a cap (168: 50.7,
+# 96: 60.6); results/bench_multi_scan/README.md.
+SEQ_BWD_LEAN = (1, 128)
 
 
 def _kernel_kind(N: int) -> str:
@@ -67,9 +71,9 @@ def _tiles():
     return FWD_TILE, BWD_TILE
 
 
-def _seq_bwd():
+def _seq_bwd(lean: bool = False):
     env = os.environ.get("VSCAN_SCAN_BWD")
-    prefetch, maxnreg = tuple(map(int, env.split(","))) if env else SEQ_BWD
+    prefetch, maxnreg = tuple(map(int, env.split(","))) if env else (SEQ_BWD_LEAN if lean else SEQ_BWD)
     return bool(prefetch), maxnreg
 
 
@@ -293,7 +297,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     outs = (du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC)
     w_in, w_out = pr.opt(pr.W32), (dW if dW is not None else dA)
     if seq:
-        prefetch, maxnreg = _seq_bwd()
+        prefetch, maxnreg = _seq_bwd(pr.W32 is not None)
         common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch)
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)

@@ -198,3 +198,13 @@ def test_lean_tile_for_lowrank_dt(monkeypatch):
     assert lean["n_chunks"] == 13
     monkeypatch.setenv("VSCAN_SCAN_SEQ", "32,1,4,1")
     assert _plan(3136, 192, 512, 16, 192, torch.device("cpu"), lean=True)["bt"] == 32
+
+
+def test_lean_register_cap(monkeypatch):
+    """The lean build's backward runs under a 128-register cap unless VSCAN_SCAN_BWD says otherwise."""
+    from vscan.kernels.selective_scan import SEQ_BWD, SEQ_BWD_LEAN, _seq_bwd
+    monkeypatch.delenv("VSCAN_SCAN_BWD", raising=False)
+    assert _seq_bwd(lean=True) == (bool(SEQ_BWD_LEAN[0]), 128)
+    assert _seq_bwd() == (bool(SEQ_BWD[0]), SEQ_BWD[1])
+    monkeypatch.setenv("VSCAN_SCAN_BWD", "0,96")
+    assert _seq_bwd(lean=True) == (False, 96)
