@@ -31,9 +31,9 @@ BWD_TILE = (32, 16, 2)
 # states of the backward over that many programs, see scan_bwd_seq_kernel).
 SEQ_TILE = (64, 1, 8, 16)
 # The memory-lean build (dt_proj inside the kernels, multi_scan's dt_weight): chunk states every
-# 256 steps, SUB 16. On an H200 (VMamba-T stage-1 SS2D, N = 16, 2026-12-02) that cut the layer's
-# peak extra memory from 2071 to 1855 MiB (the saved chunk states: 300 -> 84 MiB) at the same
-# speed (f+b 58.1 vs 58.3 ms); results/bench_multi_scan/README.md. VSCAN_SCAN_SEQ overrides both.
+# 256 steps, SUB 16. On an H200 (VMamba-T stage-1 SS2D, N = 16, 2026-12-02, 128-register cap)
+# the layer's peak extra memory was 1694 vs 1911 MiB with SEQ_TILE (saved chunk states 84 vs
+# 300 MiB) and f+b 50.0 vs 50.7 ms; results/bench_multi_scan/README.md. VSCAN_SCAN_SEQ overrides both.
 SEQ_TILE_LEAN = (256, 1, 16, 16)
 # Backward N split when the tile does not set one: SEQ_NSPLIT programs share a channel block's
 # states once N >= SEQ_NSPLIT_MIN_N. On an H200 at N = 16 this made forward+backward 1.16-1.29x
