@@ -35,7 +35,7 @@ class MultiDirSSM(nn.Module):
     the (b, L, K, d_inner) delta: on CUDA the kernels apply dt_proj per step, so neither delta
     nor its gradient is stored (same function). A memory-for-time trade, hence opt-in: on an
     H200 (2026-12-02), a VMamba-T stage-1 layer needed 37% (N = 1) / 60% (N = 16) less peak extra
-    memory in forward+backward and took 1.17x / 1.08x as long (results/bench_multi_scan/README.md).
+    memory in forward+backward and took 1.14x / 1.08x as long (results/bench_multi_scan/README.md).
     """
 
     def __init__(self, d_inner: int, num_directions: int, d_state: int = 1, dt_rank: int = 8,
