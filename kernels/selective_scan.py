@@ -110,11 +110,12 @@ def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
 def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
     kind = _kernel_kind(N)
     bn = triton.next_power_of_2(N)
-    nsplit = 1
-    if kind == "sequential":
+    nsplit, prefetch, maxnreg = 1, True, 0
+    if kind == "sequential":   # ``lean``: the build with dt_proj inside the kernels (its own tile and cap)
         bt, warps, sub, per_sm, *extra = _seq_tile(lean)
         bd_pref, bwarps = (extra[0] if extra else 32 * warps), warps
         nsplit = extra[1] if len(extra) > 1 else (SEQ_NSPLIT if bn >= SEQ_NSPLIT_MIN_N else 1)
+        prefetch, maxnreg = _seq_bwd(lean)
     else:
         (bt, bd_pref, warps), (_bbt, _bbd, bwarps) = _tiles()   # backward reuses the forward T and D
         sub, per_sm = 0, 8
@@ -130,7 +131,8 @@ def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
         raise ValueError(f"VSCAN_SCAN_SEQ: NSPLIT must be a power of two >= 1, got {nsplit}")
     nsplit = min(nsplit, bn)            # N = 1 cannot be split
     return dict(kind=kind, bt=bt, bd=bd, warps=warps, bwarps=bwarps, sub=min(sub, bt), single=single,
-                bn=bn, n_chunks=n_chunks, n_blk=n_blk, n_seg=n_seg, cps=cps, nsplit=nsplit)
+                bn=bn, n_chunks=n_chunks, n_blk=n_blk, n_seg=n_seg, cps=cps, nsplit=nsplit,
+                prefetch=prefetch, maxnreg=maxnreg)
 
 
 def _c(t):
@@ -297,12 +299,11 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     outs = (du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC)
     w_in, w_out = pr.opt(pr.W32), (dW if dW is not None else dA)
     if seq:
-        prefetch, maxnreg = _seq_bwd(pr.W32 is not None)
-        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=prefetch)
+        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=p["prefetch"])
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
-        if maxnreg:
-            common["maxnreg"] = maxnreg
+        if p["maxnreg"]:
+            common["maxnreg"] = p["maxnreg"]
         per_prog = (p["sub"] + p["bt"] // p["sub"]) * (p["bn"] // nsplit) * p["bd"]
         scratch = torch.empty(bk * p["n_blk"] * nsplit * n_seg * per_prog, **f32)
         scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg, pr.K, float(dout_scale), pr.rank,

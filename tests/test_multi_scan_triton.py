@@ -204,7 +204,11 @@ def test_lean_register_cap(monkeypatch):
     """The lean build's backward runs under a 128-register cap unless VSCAN_SCAN_BWD says otherwise."""
     from vscan.kernels.selective_scan import SEQ_BWD, SEQ_BWD_LEAN, _seq_bwd
     monkeypatch.delenv("VSCAN_SCAN_BWD", raising=False)
+    from vscan.kernels.selective_scan import _plan
     assert _seq_bwd(lean=True) == (bool(SEQ_BWD_LEAN[0]), 128)
     assert _seq_bwd() == (bool(SEQ_BWD[0]), SEQ_BWD[1])
+    lean = _plan(3136, 192, 512, 16, 192, torch.device("cpu"), lean=True)
+    assert (lean["prefetch"], lean["maxnreg"]) == (bool(SEQ_BWD_LEAN[0]), 128)
+    assert _plan(3136, 192, 512, 16, 192, torch.device("cpu"))["maxnreg"] == SEQ_BWD[1]
     monkeypatch.setenv("VSCAN_SCAN_BWD", "0,96")
     assert _seq_bwd(lean=True) == (False, 96)
