@@ -53,7 +53,8 @@ Settings, and why (Zoology, Arora et al. 2023; ../shared/reference/text_ltc.md s
   first. Without it each cell trains on its own count alone, as in Zoology's Figure 2.
 * ``--hymba-args '--no-attn-norm'`` passes lm.py arguments to the Hymba-style runs only. At
   these sizes the Hymba-style hybrid learned recall only in runs without the RMSNorm on its
-  attention branch, and not in all of them (model_zoo/lm_results.md, run 9).
+  attention branch: in about half of those at 16 key-value pairs, and not at 64
+  (model_zoo/lm_results.md, runs 9-10).
 * Induction heads: vocabulary 16, batch 128 (the paper's 8 gives one labelled token per
   sequence, so a larger batch buys signal per step at no extra step time on a GPU), lr 2e-3,
   no weight decay (the paper: Adam, no decay), weight 3 in the time split; it stops early only
