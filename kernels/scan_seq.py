@@ -30,10 +30,15 @@ for the gradient of a shared u). Without an index (HAS_IDX off) a direction read
 single scan is the case K = 1.
 
 The backward can split a block's N states over NSPLIT programs (grid axis 0 = channel block x
-split): a thread then holds N / NSPLIT states, which cuts the reverse pass's registers (255 to
-about 230 at N = 16, NSPLIT 2, with Triton 3.6 on an H200; 168 with a register cap, which
-was not faster); the sums over N (du, ddelta, dz) become float32 atomic adds, one per split.
-The host picks NSPLIT = 2 from N = 16 on.
+split): a thread then holds N / NSPLIT states, which cuts the reverse pass's registers (about
+255 at N = 16 without the split); the sums over N (du, ddelta, dz) become float32 atomic adds,
+one per split. The host splits from N = 32 on (from N = 16 in the build with dt_proj inside);
+see SEQ_NSPLIT in selective_scan.py for the measurements.
+
+The per-step sums over a block's channels (dB and dC when they vary in time, and the low-rank
+dt gradient) are warp reduce-scatters in inline PTX (``_lane_sum``) on a GPU, and cross-lane
+sums under the interpreter. All of this assumes the register layout described in
+LANES_ON_CHANNELS below; ``tools/kernel_report.py`` shows the layout a Triton version builds.
 
 Every atomic add here is ``sem="relaxed"``: nothing reads the summed buffers before the kernel
 ends, and the default (acq_rel) compiles to a GPU-wide memory fence plus an L1 invalidation
@@ -48,11 +53,87 @@ from .scan_fwd import LOG2E, _channel_vector, _softplus
 LN2 = tl.constexpr(0.6931471805599453)
 
 
+def _lane_sum_ptx(m: int) -> str:
+    """PTX of a reduce-scatter over the 32 lanes of a warp: each lane brings m values (m a power
+    of two <= 32), and after log2(m) halving rounds (lane bit 16, 8, ...: a lane keeps one half of
+    its values, sends the other half to its partner and adds what it receives) plus the plain
+    butterfly rounds left, every lane holds the warp-wide sum of one of the m slots (slot
+    ``(lane >> (5 - log2 m)) & (m - 1)``), copied to all its m outputs. m - 1 + 5 - log2(m)
+    shuffles instead of the 5 m of m separate butterfly sums (9 vs 40 at m = 8)."""
+    lines = ["{", ".reg .pred %_ls_p;", ".reg .b32 %_ls_l, %_ls_b;",
+             f".reg .f32 %_ls_a<{m}>, %_ls_s, %_ls_k, %_ls_r;", "mov.u32 %_ls_l, %laneid;"]
+    lines += [f"mov.f32 %_ls_a{i}, ${m + i};" for i in range(m)]
+    width, bit = m, 16
+    while width > 1:
+        half = width // 2
+        lines += [f"and.b32 %_ls_b, %_ls_l, {bit};", "setp.ne.u32 %_ls_p, %_ls_b, 0;"]
+        for i in range(half):   # lane bit set: keep the upper half (slots i + half), send the lower
+            lines += [f"selp.f32 %_ls_s, %_ls_a{i}, %_ls_a{i + half}, %_ls_p;",
+                      f"selp.f32 %_ls_k, %_ls_a{i + half}, %_ls_a{i}, %_ls_p;",
+                      f"shfl.sync.bfly.b32 %_ls_r, %_ls_s, {bit}, 0x1f, 0xffffffff;",
+                      f"add.f32 %_ls_a{i}, %_ls_k, %_ls_r;"]
+        width, bit = half, bit // 2
+    while bit >= 1:
+        lines += [f"shfl.sync.bfly.b32 %_ls_r, %_ls_a0, {bit}, 0x1f, 0xffffffff;", "add.f32 %_ls_a0, %_ls_a0, %_ls_r;"]
+        bit //= 2
+    lines += [f"mov.f32 ${i}, %_ls_a0;" for i in range(m)]
+    return "\n".join(lines + ["}"])
+
+
+def _lane_sum_constraints(m: int) -> str:
+    return ",".join(["=f"] * m + ["f"] * m)
+
+
+_LS1, _LS1_C = tl.constexpr(_lane_sum_ptx(1)), tl.constexpr(_lane_sum_constraints(1))
+_LS2, _LS2_C = tl.constexpr(_lane_sum_ptx(2)), tl.constexpr(_lane_sum_constraints(2))
+_LS4, _LS4_C = tl.constexpr(_lane_sum_ptx(4)), tl.constexpr(_lane_sum_constraints(4))
+_LS8, _LS8_C = tl.constexpr(_lane_sum_ptx(8)), tl.constexpr(_lane_sum_constraints(8))
+_LS16, _LS16_C = tl.constexpr(_lane_sum_ptx(16)), tl.constexpr(_lane_sum_constraints(16))
+_LS32, _LS32_C = tl.constexpr(_lane_sum_ptx(32)), tl.constexpr(_lane_sum_constraints(32))
+
+
+@triton.jit
+def _first(a, b):
+    return a
+
+
+@triton.jit
+def _lane_sum(x, M: tl.constexpr):
+    """Sums over the channels of a one-warp channel block (BLOCK_D = 32, num_warps 1) of an
+    [M, BLOCK_D] tile whose M rows of a channel are held by one thread (the sequential layout).
+    Returns (v, j, lead), each [BLOCK_D]: the element of channel c holds v = the sum over all 32
+    channels of row j (tensor row, not state index); ``lead`` marks one copy of each row's sum.
+    A warp reduce-scatter (``_lane_sum_ptx``) instead of M cross-lane sums: the per-step dB / dC
+    and low-rank dt sums took 5 shuffles per row and value, which the shuffle unit (one warp
+    instruction per clock per SM) could not keep up with."""
+    if M == 1:
+        T = tl.inline_asm_elementwise(_LS1, _LS1_C, [x], dtype=tl.float32, is_pure=True, pack=1)
+        sh = 5
+    elif M == 2:
+        T = tl.inline_asm_elementwise(_LS2, _LS2_C, [x], dtype=tl.float32, is_pure=True, pack=2)
+        sh = 4
+    elif M == 4:
+        T = tl.inline_asm_elementwise(_LS4, _LS4_C, [x], dtype=tl.float32, is_pure=True, pack=4)
+        sh = 3
+    elif M == 8:
+        T = tl.inline_asm_elementwise(_LS8, _LS8_C, [x], dtype=tl.float32, is_pure=True, pack=8)
+        sh = 2
+    elif M == 16:
+        T = tl.inline_asm_elementwise(_LS16, _LS16_C, [x], dtype=tl.float32, is_pure=True, pack=16)
+        sh = 1
+    else:
+        T = tl.inline_asm_elementwise(_LS32, _LS32_C, [x], dtype=tl.float32, is_pure=True, pack=32)
+        sh = 0
+    v = tl.reduce(T, 0, _first)      # all M outputs of a thread hold its sum
+    lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,f", [v], dtype=tl.int32, is_pure=True, pack=1)
+    return v, (lane >> sh) & (M - 1), (lane & (32 // M - 1)) == 0
+
+
 @triton.jit
 def _state_index(BLOCK_N: tl.constexpr):
     """State indices N-1 .. 0. Counting down hides the contiguity of the N axis from Triton's
-    coalescing pass, which then keeps the register layout in which each thread holds all N
-    states of its channel (lanes and warps on channels; no shuffles for sums over N), and the
+    coalescing pass, so that (with the LANES_ON_CHANNELS hint) each thread keeps all N states
+    of its channel (lanes and warps on channels; no shuffles for sums over N), and the
     per-state addresses stay compile-time offsets. The order of the states is immaterial."""
     return BLOCK_N - 1 - tl.arange(0, BLOCK_N)
 
@@ -84,10 +165,23 @@ def _exp2(x, FAST: tl.constexpr):
     return y
 
 
+# LANES_ON_CHANNELS: the [BLOCK_N, BLOCK_D] tiles that touch memory carry the hint
+# ``tl.max_contiguous(off, [1, 4])`` (applied where the offsets are computed: a hint on a
+# function argument is dropped). Triton's coalescing pass orders a tile's axes by contiguity,
+# and neither axis of these offsets is contiguous (the state index counts down). Triton 3.8
+# then keeps the default order (lanes and warps on channels, each thread holding all states of
+# its channel), but Triton 3.6 puts the states on the fastest axis and spreads them over 8-16
+# lanes, which turns every sum over states into shuffles (64 per step in the N = 16 forward)
+# and every [BLOCK_D] vector into layout conversions. The hint claims 4-element runs along
+# channels; the counting-down state index keeps the tile's divisibility at 1, so no access
+# is vectorized on that claim.
+
+
 @triton.jit
 def _state_ptrs(ptr, offs_n, offs_d, NSTATE):
     """[BLOCK_N, BLOCK_D] pointers into a (channels, N) row-major state / parameter block."""
-    return ptr + offs_d[None, :] * NSTATE + offs_n[:, None]
+    off = offs_d[None, :] * NSTATE + offs_n[:, None]
+    return ptr + tl.max_contiguous(off, [1, 4])      # see LANES_ON_CHANNELS
 
 
 @triton.jit
@@ -99,7 +193,8 @@ def _step_bc(ptr, t, const, offs_n, nmask, offs_d, dmask, g0, g_d, s_l, s_g,
         if SINGLE_GROUP:
             v = tl.load(ptr + t * s_l + g0 * s_g + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
         else:
-            v = tl.load(ptr + t * s_l + g_d[None, :] * s_g + offs_n[:, None],
+            off = g_d[None, :] * s_g + offs_n[:, None]
+            v = tl.load(ptr + t * s_l + tl.max_contiguous(off, [1, 4]),      # LANES_ON_CHANNELS
                         mask=nmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
     else:
         v = const
@@ -152,7 +247,8 @@ def _rank_index(BLOCK_R: tl.constexpr, RANK, LOWRANK: tl.constexpr):
 def _lowrank_tile(W_ptr, offs_r, rmask, offs_d, dmask, RANK, LOWRANK: tl.constexpr):
     """The [BLOCK_R, BLOCK_D] tile of a direction's dt_proj weight (d, R) row-major, float32."""
     if LOWRANK:
-        v = tl.load(W_ptr + offs_d[None, :] * RANK + offs_r[:, None], mask=rmask[:, None] & dmask[None, :],
+        off = offs_d[None, :] * RANK + offs_r[:, None]
+        v = tl.load(W_ptr + tl.max_contiguous(off, [1, 4]), mask=rmask[:, None] & dmask[None, :],   # LANES_ON_CHANNELS
                     other=0.0).to(tl.float32)
     else:
         v = tl.zeros([1, 1], dtype=tl.float32)
@@ -340,8 +436,8 @@ def _recompute(h, ta, tb, every, dst, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A
 
 
 @triton.jit
-def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s_pg,
-                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s_pg, n0, NSTATE,
+                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, LANE_SUM: tl.constexpr, BLOCK_N: tl.constexpr):
     """dB or dC at one step (row t) from the [BLOCK_N, BLOCK_D] tile g: summed over this channel
     block and added atomically into one float32 (batch, L, groups, N) buffer (one add per state
     when the block lies in one group, per element when it straddles groups); for constant B/C
@@ -349,10 +445,15 @@ def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s
     partial sum per channel block: at N = 16 those partials were the largest allocation of the
     backward (e.g. 2 x 616 MB for a VMamba-T stage-1 layer at batch 128)."""
     if VARY:
-        if SINGLE_GROUP:
+        if SINGLE_GROUP and LANE_SUM and BLOCK_N > 1:   # one add per state, from the lane holding its sum
+            v, j, lead = _lane_sum(g, BLOCK_N)
+            st = n0 + BLOCK_N - 1 - j        # tensor row j is state n0 + BLOCK_N - 1 - j (_state_index)
+            tl.atomic_add(ptr + t * s_pl + g0 * s_pg + st, v, mask=lead & (st < NSTATE), sem="relaxed")
+        elif SINGLE_GROUP:
             tl.atomic_add(ptr + t * s_pl + g0 * s_pg + offs_n, tl.sum(g, axis=1), mask=nmask, sem="relaxed")
         else:
-            tl.atomic_add(ptr + t * s_pl + g_d[None, :] * s_pg + offs_n[:, None], g,
+            off = g_d[None, :] * s_pg + offs_n[:, None]
+            tl.atomic_add(ptr + t * s_pl + tl.max_contiguous(off, [1, 4]), g,      # LANES_ON_CHANNELS
                           mask=nmask[:, None] & dmask[None, :], sem="relaxed")
         out = acc
     else:
@@ -376,6 +477,7 @@ def scan_bwd_seq_kernel(
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
     HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr, PREFETCH_BC: tl.constexpr = True,
     LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1, NSPLIT: tl.constexpr = 1,
+    LANE_SUM: tl.constexpr = False,
 ):
     # NSPLIT > 1: the N states are split over NSPLIT programs (grid axis 0 = channel block x
     # split), BLOCK_N = N / NSPLIT each, for fewer registers per thread; the sums over N (du,
@@ -414,7 +516,8 @@ def scan_bwd_seq_kernel(
     tile = BLOCK_N * BLOCK_D
     per_prog: tl.constexpr = (SUB + BLOCK_T // SUB) * BLOCK_N * BLOCK_D
     scratch_ptr += ((pid_b * tl.num_programs(0) + pid_x) * n_seg + pid_s) * per_prog
-    s_tile = scratch_ptr + _state_index(BLOCK_N)[:, None] * BLOCK_D + (BLOCK_D - 1 - tl.arange(0, BLOCK_D))[None, :]
+    s_off = _state_index(BLOCK_N)[:, None] * BLOCK_D + (BLOCK_D - 1 - tl.arange(0, BLOCK_D))[None, :]
+    s_tile = scratch_ptr + tl.max_contiguous(s_off, [1, 4])      # see LANES_ON_CHANNELS
     A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
     bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
     Dv = _channel_vector(D_ptr, offs_d, dmask, HAS_D)
@@ -512,9 +615,11 @@ def scan_bwd_seq_kernel(
                     ddt = tl.sum(dh * A2 * ahp, axis=0) * LN2 + u * sum_dhB   # A = A2 * ln 2
                     dA_acc += dh * ahp * dt[None, :]
                     dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, r, offs_n, nmask, offs_d,
-                                            dmask, g0, g_d, s_pl, s_pg, B_VARY, SINGLE_GROUP)
+                                            dmask, g0, g_d, s_pl, s_pg, pid_n * BLOCK_N, NSTATE,
+                                            B_VARY, SINGLE_GROUP, LANE_SUM, BLOCK_N)
                     dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, r, offs_n, nmask, offs_d,
-                                            dmask, g0, g_d, s_pl, s_pg, C_VARY, SINGLE_GROUP)
+                                            dmask, g0, g_d, s_pl, s_pg, pid_n * BLOCK_N, NSTATE,
+                                            C_VARY, SINGLE_GROUP, LANE_SUM, BLOCK_N)
                     if HAS_D:
                         du += dy * Dv
                         dD_acc += dy * u
@@ -536,8 +641,14 @@ def scan_bwd_seq_kernel(
                     else:
                         tl.store(du_ptr + r * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
                     if LOWRANK:  # d(low-rank dt) = W^T ddt, summed over the block's channels; dW = ddt dt^T
-                        tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1), mask=rmask,
-                                      sem="relaxed")
+                        if LANE_SUM and BLOCK_R > 1 and BLOCK_R <= 32:
+                            ls_v, ls_row, ls_lead = _lane_sum(Wt * ddt[None, :], BLOCK_R)
+                            ls_r = BLOCK_R - 1 - ls_row     # tensor row j is rank BLOCK_R - 1 - j (_rank_index)
+                            tl.atomic_add(ddt_ptr + r * s_dtl + ls_r, ls_v, mask=ls_lead & (ls_r < RANK),
+                                          sem="relaxed")
+                        else:
+                            tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1),
+                                          mask=rmask, sem="relaxed")
                         dW_acc += dt_cur[:, None] * ddt[None, :]
                     elif NSPLIT > 1:
                         tl.atomic_add(ddt_ptr + r * s_dtl + offs_d, ddt, mask=dmask, sem="relaxed")
@@ -559,5 +670,6 @@ def scan_bwd_seq_kernel(
         tl.store(dD_ptr + ch_off * DIM + offs_d, dD_acc, mask=dmask)
         tl.store(dbias_ptr + ch_off * DIM + offs_d, dbias_acc, mask=dmask)
         if LOWRANK:
-            tl.store(dW_ptr + ch_off * DIM * RANK + offs_d[None, :] * RANK + offs_r[:, None], dW_acc,
+            w_off = offs_d[None, :] * RANK + offs_r[:, None]
+            tl.store(dW_ptr + ch_off * DIM * RANK + tl.max_contiguous(w_off, [1, 4]), dW_acc,    # LANES_ON_CHANNELS
                      mask=rmask[:, None] & dmask[None, :])

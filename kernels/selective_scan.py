@@ -31,25 +31,36 @@ BWD_TILE = (32, 16, 2)
 # states of the backward over that many programs, see scan_bwd_seq_kernel).
 SEQ_TILE = (64, 1, 8, 16)
 # The memory-lean build (dt_proj inside the kernels, multi_scan's dt_weight): chunk states every
-# 256 steps, SUB 16. On an H200 (VMamba-T stage-1 SS2D, N = 16, 2026-12-02, 128-register cap)
-# the layer's peak extra memory was 1694 vs 1911 MiB with SEQ_TILE (saved chunk states 84 vs
-# 300 MiB) and f+b 50.0 vs 50.7 ms; results/bench_multi_scan/README.md. VSCAN_SCAN_SEQ overrides both.
+# 256 steps, SUB 16. On an H200 (VMamba-T stage-1 SS2D, N = 16, 2026-12-02, 128-register cap,
+# before the layout fix below) the layer's peak extra memory was 1694 vs 1911 MiB with SEQ_TILE
+# (saved chunk states 84 vs 300 MiB) and f+b 50.0 vs 50.7 ms; results/bench_multi_scan/README.md.
+# VSCAN_SCAN_SEQ overrides both.
 SEQ_TILE_LEAN = (256, 1, 16, 16)
 # Backward N split when the tile does not set one: SEQ_NSPLIT programs share a channel block's
-# states once N >= SEQ_NSPLIT_MIN_N. On an H200 at N = 16 this made forward+backward 1.16-1.29x
-# faster than no split (4 splits: slower than 2), for about twice the backward's extra memory
-# (du / delta / z gradients summed in float32); results/bench_scan_h200.md.
-SEQ_NSPLIT, SEQ_NSPLIT_MIN_N = 2, 16
+# states once N >= SEQ_NSPLIT_MIN_N (SEQ_NSPLIT_MIN_N_LEAN for the lean build); the sums over N
+# (du / delta / z gradients) are then float32 atomics. Measured on an H200 (2026-12-02,
+# results/bench_scan_layout_h200/): once the kernels got their intended register layout
+# (LANES_ON_CHANNELS in scan_seq.py), no split was faster at N = 16 on the 1-D shapes (f+b
+# 2.61 / 5.10 / 3.52 ms vs 3.57 / 7.01 / 4.58 ms with the split, vim-s-1024 / long / text) and
+# in the plain SS2D layer (34.2 vs 37.1 ms, 3086 vs 4212 MiB). Before it, the split had been
+# 1.16-1.29x faster. N = 32 still splits (a thread would hold 32 states). The lean build keeps
+# the split at N = 16, which is what its register cap and its issue-3 figures were measured with.
+SEQ_NSPLIT, SEQ_NSPLIT_MIN_N, SEQ_NSPLIT_MIN_N_LEAN = 2, 32, 16
 # Sequential backward: (prefetch B/C one step ahead in the reverse pass, register cap or 0 for
-# none). Overridable with VSCAN_SCAN_BWD="P,R". Without a cap (and without the N split) the
-# reverse pass takes all 255 registers at N = 16 (8 warps per SM on an H100/H200); with the
-# split about 230. Caps of 168 / 128 with the split moved forward+backward by -5% to +4% per shape
-# on an H200 (2026-12-02), no consistent gain: results/bench_scan_h200.md.
+# none). Overridable with VSCAN_SCAN_BWD="P,R". Without the split the reverse pass takes all 255
+# registers at N = 16 (no spills). Caps of 168 / 192 were slower on the 1-D shapes (long: 6.59 /
+# 5.70 vs 5.10 ms; results/bench_scan_layout_h200/, after the layout fix).
 SEQ_BWD = (1, 0)
 # The memory-lean build (dt_proj inside the kernels) with a cap of 128 registers: on an H200
-# (VMamba-T stage-1 SS2D, N = 16, 2026-12-02) f+b 50.0 vs 55.2 ms without a cap (168: 50.7,
-# 96: 60.6); results/bench_multi_scan/README.md.
+# (VMamba-T stage-1 SS2D, N = 16, 2026-12-02, after the layout fix) f+b 37.1 vs 45.0 ms without
+# a cap (168: 37.7, 192: 46.8); results/bench_scan_layout_h200/.
 SEQ_BWD_LEAN = (1, 128)
+# Sequential backward: the per-step sums over a one-warp channel block (dB, dC, the low-rank dt
+# gradient) as one warp reduce-scatter each instead of a cross-lane sum per state (see
+# scan_seq._lane_sum). CUDA only (inline PTX); VSCAN_SCAN_LANESUM=0 turns it off. On an H200
+# (after the layout fix) the lean SS2D layer at N = 16 took 37.1 vs 44.5 ms with and without it;
+# results/bench_scan_layout_h200/.
+SEQ_LANE_SUM = True
 
 
 def _kernel_kind(N: int) -> str:
@@ -75,6 +86,14 @@ def _seq_bwd(lean: bool = False):
     env = os.environ.get("VSCAN_SCAN_BWD")
     prefetch, maxnreg = tuple(map(int, env.split(","))) if env else (SEQ_BWD_LEAN if lean else SEQ_BWD)
     return bool(prefetch), maxnreg
+
+
+def _lane_sum(device: torch.device, bd: int, warps: int) -> bool:
+    env = os.environ.get("VSCAN_SCAN_LANESUM")
+    if env is not None and env.strip() not in ("0", "1"):
+        raise ValueError(f"VSCAN_SCAN_LANESUM: expected 0 or 1, got {env!r}")
+    on = SEQ_LANE_SUM if env is None else env.strip() == "1"
+    return on and device.type == "cuda" and bd == 32 and warps == 1
 
 
 def _seq_tile(lean: bool = False):
@@ -114,7 +133,8 @@ def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
     if kind == "sequential":   # ``lean``: the build with dt_proj inside the kernels (its own tile and cap)
         bt, warps, sub, per_sm, *extra = _seq_tile(lean)
         bd_pref, bwarps = (extra[0] if extra else 32 * warps), warps
-        nsplit = extra[1] if len(extra) > 1 else (SEQ_NSPLIT if bn >= SEQ_NSPLIT_MIN_N else 1)
+        min_n = SEQ_NSPLIT_MIN_N_LEAN if lean else SEQ_NSPLIT_MIN_N
+        nsplit = extra[1] if len(extra) > 1 else (SEQ_NSPLIT if bn >= min_n else 1)
         prefetch, maxnreg = _seq_bwd(lean)
     else:
         (bt, bd_pref, warps), (_bbt, _bbd, bwarps) = _tiles()   # backward reuses the forward T and D
@@ -130,9 +150,10 @@ def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
     if nsplit < 1 or nsplit & (nsplit - 1):
         raise ValueError(f"VSCAN_SCAN_SEQ: NSPLIT must be a power of two >= 1, got {nsplit}")
     nsplit = min(nsplit, bn)            # N = 1 cannot be split
+    lane_sum = kind == "sequential" and _lane_sum(device, bd, bwarps)
     return dict(kind=kind, bt=bt, bd=bd, warps=warps, bwarps=bwarps, sub=min(sub, bt), single=single,
                 bn=bn, n_chunks=n_chunks, n_blk=n_blk, n_seg=n_seg, cps=cps, nsplit=nsplit,
-                prefetch=prefetch, maxnreg=maxnreg)
+                prefetch=prefetch, maxnreg=maxnreg, lane_sum=lane_sum)
 
 
 def _c(t):
@@ -299,7 +320,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     outs = (du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC)
     w_in, w_out = pr.opt(pr.W32), (dW if dW is not None else dA)
     if seq:
-        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=p["prefetch"])
+        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=p["prefetch"], LANE_SUM=p["lane_sum"])
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if p["maxnreg"]:

@@ -102,14 +102,17 @@ def test_kernel_choice():
     assert _kernel_kind(16) == "sequential" and _kernel_kind(SEQ_MAX_N + 1) == "chunked"
 
 
-def test_backward_splits_states_from_n16(monkeypatch):
-    """The plan's default N split (measured faster on an H200 at N = 16) and its overrides."""
+def test_backward_splits_states_from_n32_or_n16_lean(monkeypatch):
+    """The plan's default N split (the plain build from N = 32, the lean one from N = 16; both
+    measured on an H200) and its overrides."""
     from vscan.kernels.selective_scan import SEQ_NSPLIT, _plan
     monkeypatch.delenv("VSCAN_SCAN_SEQ", raising=False)
     cpu = torch.device("cpu")
     assert SEQ_NSPLIT == 2
-    assert _plan(256, 64, 2, 16, 64, cpu)["nsplit"] == 2 and _plan(256, 64, 2, 32, 64, cpu)["nsplit"] == 2
-    assert _plan(256, 64, 2, 8, 64, cpu)["nsplit"] == 1 and _plan(256, 64, 2, 1, 64, cpu)["nsplit"] == 1
+    assert _plan(256, 64, 2, 32, 64, cpu)["nsplit"] == 2 and _plan(256, 64, 2, 17, 64, cpu)["nsplit"] == 2
+    assert _plan(256, 64, 2, 16, 64, cpu)["nsplit"] == 1 and _plan(256, 64, 2, 1, 64, cpu)["nsplit"] == 1
+    assert _plan(256, 64, 2, 16, 64, cpu, lean=True)["nsplit"] == 2
+    assert _plan(256, 64, 2, 8, 64, cpu, lean=True)["nsplit"] == 1
     monkeypatch.setenv("VSCAN_SCAN_SEQ", "64,1,8,16,32,1")     # an explicit split wins
     assert _plan(256, 64, 2, 16, 64, cpu)["nsplit"] == 1
     monkeypatch.setenv("VSCAN_SCAN_SEQ", "64,1,8,16,32,3")

@@ -1,0 +1,110 @@
+"""Compiled Triton kernels on a CUDA GPU against the float64 reference (skipped without one).
+
+The CPU suite runs the kernels under the Triton interpreter, which has no inline PTX; the
+paths that use it (the fast exp2 and the warp reduce-scatter of the backward's per-step sums,
+``scan_seq._lane_sum``) only run here. Run on a GPU machine with ``TRITON_INTERPRET=0``.
+"""
+import importlib
+import os
+
+import pytest
+import torch
+
+from vscan.ops import selective_scan
+from vscan.scans import get_order
+
+ms = importlib.import_module("vscan.ops.multi_scan")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                                reason="compiled kernels need a CUDA GPU (and TRITON_INTERPRET=0)")
+NAMES = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _multi(b, grid, d, N, R, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    index = get_order("cross").index(grid, "cuda")
+    K, L = index.shape
+    x = dict(u=r(b, L, d), delta=r(b, L, K, R) * 0.5, A=-torch.exp(r(K, d, N) * 0.5), B=r(b, L, K, N),
+             C=r(b, L, K, N), D=r(K, d), delta_bias=r(K, d) * 0.1, dt_weight=r(K, d, R) * 0.5)
+    x = {k: v.to(dtype) if k in ("u", "delta", "B", "C") else v for k, v in x.items()}
+    return x, index, r(b, L, d).double()
+
+
+def _multi_grads(x, index, gy, backend):
+    leaves = {k: (v.detach().double() if backend == "f64" else v.detach()).clone().requires_grad_(True)
+              for k, v in x.items()}
+    y = ms.multi_scan(*[leaves[k] for k in NAMES], delta_softplus=True, index=index, merge="sum",
+                      backend="reference" if backend == "f64" else backend, dt_weight=leaves["dt_weight"])
+    gr = torch.autograd.grad((y.double() * gy).sum(), list(leaves.values()))
+    return y.double(), dict(zip(leaves, gr))
+
+
+# (N, dt rank, d): N = 16 and 32 split the states over two programs; rank 48 (block 64) takes
+# the plain cross-lane sum; d = 40 leaves a partly masked channel block
+MULTI = [(1, 1, 64), (4, 3, 64), (16, 6, 64), (16, 12, 40), (32, 6, 64), (8, 48, 64)]
+
+
+@pytest.mark.parametrize("lane_sum", ["1", "0"])
+@pytest.mark.parametrize("N,R,d", MULTI, ids=[f"N{n}-R{r}-d{d}" for n, r, d in MULTI])
+def test_fused_lowrank_on_gpu_equals_reference(N, R, d, lane_sum, monkeypatch):
+    monkeypatch.setenv("VSCAN_SCAN_LANESUM", lane_sum)
+    x, index, gy = _multi(2, (9, 11), d, N, R, torch.float32, seed=N + R + d)
+    y64, g64 = _multi_grads(x, index, gy, "f64")
+    yk, gk = _multi_grads(x, index, gy, "triton")
+    assert rel(yk, y64) < 1e-4
+    for k in g64:
+        assert rel(gk[k], g64[k]) < 1e-4, k
+
+
+def test_fused_bf16_on_gpu_within_twice_reference_error():
+    x, index, gy = _multi(4, (14, 14), 96, 16, 6, torch.bfloat16, seed=3)
+    y64, g64 = _multi_grads(x, index, gy, "f64")
+    yr, gr = _multi_grads(x, index, gy, "reference")
+    yk, gk = _multi_grads(x, index, gy, "triton")
+    assert rel(yk, y64) <= 2 * rel(yr, y64) + 2e-3
+    for k in g64:
+        assert rel(gk[k], g64[k]) <= 2 * rel(gr[k], g64[k]) + 2e-3, k
+
+
+# (N, channels, B/C groups): 8 groups of 6 channels straddle the 32-channel blocks (per-element
+# dB / dC atomics instead of the warp sum)
+SCAN = [(1, 96, 1), (4, 96, 1), (16, 96, 1), (32, 96, 1), (16, 48, 8)]
+
+
+@pytest.mark.parametrize("lane_sum", ["1", "0"])
+@pytest.mark.parametrize("N,d,G", SCAN, ids=[f"N{n}-d{d}-G{g}" for n, d, g in SCAN])
+def test_selective_scan_on_gpu_equals_reference(N, d, G, lane_sum, monkeypatch):
+    monkeypatch.setenv("VSCAN_SCAN_LANESUM", lane_sum)
+    g = torch.Generator(device="cuda").manual_seed(N + G)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    b, L = 2, 300
+    x = dict(u=r(b, L, d), delta=r(b, L, d) * 0.5 - 1.0, A=-torch.exp(r(d, N) * 0.5), B=r(b, L, G, N),
+             C=r(b, L, G, N), D=r(d), z=r(b, L, d), delta_bias=r(d) * 0.1)
+    gy = r(b, L, d).double()
+
+    def go(backend):
+        lv = {k: (v.double() if backend == "f64" else v).clone().requires_grad_(True) for k, v in x.items()}
+        y = selective_scan(lv["u"], lv["delta"], lv["A"], lv["B"], lv["C"], lv["D"], z=lv["z"],
+                           delta_bias=lv["delta_bias"], delta_softplus=True,
+                           backend="reference" if backend == "f64" else backend)
+        gr = torch.autograd.grad((y.double() * gy).sum(), list(lv.values()))
+        return y.double(), dict(zip(lv, gr))
+    y64, g64 = go("f64")
+    yk, gk = go("triton")
+    assert rel(yk, y64) < 1e-4
+    for k in g64:
+        assert rel(gk[k], g64[k]) < 1e-4, k
+
+
+def test_lane_sum_is_planned_on_cuda(monkeypatch):
+    from vscan.kernels.selective_scan import _plan
+    dev = torch.device("cuda")
+    monkeypatch.delenv("VSCAN_SCAN_LANESUM", raising=False)
+    monkeypatch.delenv("VSCAN_SCAN_SEQ", raising=False)
+    assert _plan(3136, 192, 512, 16, 192, dev, lean=True)["lane_sum"]
+    monkeypatch.setenv("VSCAN_SCAN_LANESUM", "0")
+    assert not _plan(3136, 192, 512, 16, 192, dev, lean=True)["lane_sum"]
