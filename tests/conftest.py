@@ -1,5 +1,25 @@
 """Test set-up: kernels run under the Triton interpreter on this CPU-only CI."""
+import importlib.util
 import os
+import sys
+
+
+def _keep_checkout_root_off_sys_path():
+    """``python -m pytest`` puts the working directory (the checkout's root) first on sys.path, and
+    there the top-level kernels/ folder (installed as ``vscan.kernels``) shadows the PyPI package
+    ``kernels``, which transformers imports whenever it is installed (transformers 5 pulls it in):
+    the parity tests then failed with "cannot import name 'CUDAProperties' from 'kernels'". Drop
+    the root while vscan stays importable without it (pip install -e); a plain checkout keeps it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    kept = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
+    if len(kept) == len(sys.path):
+        return
+    saved, sys.path[:] = list(sys.path), kept
+    if importlib.util.find_spec("vscan") is None:
+        sys.path[:] = saved
+
+
+_keep_checkout_root_off_sys_path()
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("VSCAN_BACKEND", "auto")
