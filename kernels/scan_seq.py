@@ -52,6 +52,11 @@ from .scan_fwd import LOG2E, _channel_vector, _softplus
 
 LN2 = tl.constexpr(0.6931471805599453)
 
+# SEGMENT_ARGS: the host picks the segment split per launch from the compiled kernel's occupancy
+# (kernels/selective_scan.py, _seq_segments), so the integer arguments that follow from it (the
+# split itself and the strides of buffers sized by it) are not specialised on: the kernel
+# compiled before the split is chosen is the one that runs.
+
 
 def _lane_sum_ptx(m: int) -> str:
     """PTX of a reduce-scatter over the 32 lanes of a warp: each lane brings m values (m a power
@@ -312,7 +317,7 @@ def _fwd_step_loads(t, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs
     return r, u, dt, B, C, z
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["chunks_per_seg", "n_seg", "s_stb"])   # see SEGMENT_ARGS
 def scan_fwd_seq_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, idx_ptr, W_ptr,
     st_ptr, dtsum_ptr,
@@ -325,6 +330,7 @@ def scan_fwd_seq_kernel(
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr, SAVE_ALL: tl.constexpr,
     HAS_IDX: tl.constexpr, OUT_ATOMIC: tl.constexpr, LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1,
+    AHEAD: tl.constexpr = 1,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -361,13 +367,21 @@ def scan_fwd_seq_kernel(
         slot0 = pid_s * 2 + c_begin % 2
     h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
     dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)
-    # software prefetch: the loads of step t+1 are issued before step t's arithmetic, so their
-    # latency hides behind it (nothing they read depends on the state)
+    # software prefetch: the loads of step t + AHEAD are issued before step t's arithmetic, so
+    # their latency hides behind it (nothing they read depends on the state); AHEAD = 2 keeps a
+    # second step of loads in flight (VSCAN_SCAN_FWD_AHEAD, an experiment)
     LOAD_C: tl.constexpr = C_VARY and MODE == 0
     LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
     r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
         t_begin, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask, offs_r, rmask,
         g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+    if AHEAD == 2:
+        r_m, u_m, dt_m, B_m, C_m, z_m = _fwd_step_loads(
+            tl.minimum(t_begin + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
+            offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
+            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+    else:
+        r_m, u_m, dt_m, B_m, C_m, z_m = r_n, u_n, dt_n, B_n, C_n, z_n
     for t in range(t_begin, t_end):
         r = r_n
         u = u_n
@@ -375,10 +389,17 @@ def scan_fwd_seq_kernel(
         Bt = B_n
         Ct = C_n
         zz = z_n
-        r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
-            tl.minimum(t + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
-            offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
-            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+        if AHEAD == 2:
+            r_n, u_n, dt_n, B_n, C_n, z_n = r_m, u_m, dt_m, B_m, C_m, z_m
+            r_m, u_m, dt_m, B_m, C_m, z_m = _fwd_step_loads(
+                tl.minimum(t + 2, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
+                offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
+                HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+        else:
+            r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
+                tl.minimum(t + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
+                offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
+                HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
         if MODE == 1:
             dtsum += dt
@@ -461,10 +482,10 @@ def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["chunks_per_seg", "n_seg", "s_cb"])   # see SEGMENT_ARGS
 def scan_bwd_seq_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, idx_ptr, W_ptr,
-    st_ptr, carry_ptr, scratch_ptr,
+    st_ptr, carry_ptr, scratch_ptr, dtsum_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, dW_ptr,
     L, DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, ch_per_group, blocks_per_group, K_DIR, dout_scale, RANK,
     s_ub, s_ul, s_uk, s_dtb, s_dtl, s_dtk, s_zb, s_zl, s_gb, s_gl, s_gk,
@@ -539,6 +560,7 @@ def scan_bwd_seq_kernel(
     # running dh: on entry to step t it holds a[t+1] * dh[t+1] (the carry from later steps)
     dh = tl.load(_state_ptrs(carry_ptr + (pid_s * 2 + (c_end - 1) % 2) * s_cc, offs_n, offs_d, NSTATE),
                  mask=m_nd, other=0.0)
+    dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)   # MODE 1: the segment's sum of dt, for the combine
     for i in range(0, c_end - c_begin):
         c = c_end - 1 - i
         t0 = c * BLOCK_T
@@ -604,6 +626,8 @@ def scan_bwd_seq_kernel(
                     dy = dout
                 a = _exp2(A2 * dt[None, :], FAST_EXP)
                 dh += dy[None, :] * Ct
+                if MODE == 1:
+                    dtsum += dt
                 if MODE == 0:
                     hp = hp_n
                     hp_n = tl.load(s_tile + (tp - ts0) * tile)
@@ -656,6 +680,8 @@ def scan_bwd_seq_kernel(
                         tl.store(ddt_ptr + r * s_dtl + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
                 dh = a * dh
     tl.store(_state_ptrs(carry_ptr + (pid_s * 2 + (c_begin + 1) % 2) * s_cc, offs_n, offs_d, NSTATE), dh, mask=m_nd)
+    if MODE == 1:
+        tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dtsum, mask=dmask & (pid_n == 0))
     if MODE == 0:
         seg_off = pid_b * n_seg + pid_s
         dn_ptrs = _state_ptrs(dA_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE)

@@ -11,6 +11,7 @@ Two kernel families compute the same thing with the same state slots:
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import torch
@@ -26,7 +27,8 @@ SEQ_MAX_N = 32
 FWD_TILE = (64, 16, 2)
 BWD_TILE = (32, 16, 2)
 # Sequential: (BLOCK_T = chunk-state interval, num_warps, backward SUB, programs per SM);
-# BLOCK_D = 32 * num_warps. Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D[,NSPLIT]]" (a
+# BLOCK_D = 32 * num_warps. On a GPU the segment split comes from the compiled kernels'
+# occupancy (_seq_segments below); "programs per SM" is the fallback where that cannot be read. Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D[,NSPLIT]]" (a
 # smaller BLOCK_D gives tests several channel blocks on tiny shapes; NSPLIT > 1 splits the N
 # states of the backward over that many programs, see scan_bwd_seq_kernel).
 SEQ_TILE = (64, 1, 8, 16)
@@ -61,6 +63,9 @@ SEQ_BWD_LEAN = (1, 128)
 # (after the layout fix) the lean SS2D layer at N = 16 took 37.1 vs 44.5 ms with and without it;
 # results/bench_scan_layout_h200/.
 SEQ_LANE_SUM = True
+# Sequential forward: the loads of step t + SEQ_FWD_AHEAD are issued before step t's arithmetic
+# (1 or 2; VSCAN_SCAN_FWD_AHEAD overrides).
+SEQ_FWD_AHEAD = 1
 
 
 def _kernel_kind(N: int) -> str:
@@ -96,6 +101,17 @@ def _lane_sum(device: torch.device, bd: int, warps: int) -> bool:
     return on and device.type == "cuda" and bd == 32 and warps == 1
 
 
+def _fwd_ahead() -> int:
+    """How many steps ahead the sequential forward issues its loads (VSCAN_SCAN_FWD_AHEAD, 1 or 2;
+    default SEQ_FWD_AHEAD)."""
+    env = os.environ.get("VSCAN_SCAN_FWD_AHEAD")
+    if env is None:
+        return SEQ_FWD_AHEAD
+    if env.strip() not in ("1", "2"):
+        raise ValueError(f"VSCAN_SCAN_FWD_AHEAD: expected 1 or 2, got {env!r}")
+    return int(env)
+
+
 def _seq_tile(lean: bool = False):
     env = os.environ.get("VSCAN_SCAN_SEQ")
     return tuple(map(int, env.split(","))) if env else (SEQ_TILE_LEAN if lean else SEQ_TILE)
@@ -106,13 +122,131 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _target_programs(device: torch.device, per_sm: int) -> int:
+def _target_override(which: int = 0) -> int | None:
+    """VSCAN_SCAN_TARGET_PROGRAMS="F[,B]": split every launch into segments until about F (the
+    forward) or B (the backward; F when not given) programs run, instead of the occupancy model
+    (tests use it to force segments on tiny shapes)."""
     env = os.environ.get("VSCAN_SCAN_TARGET_PROGRAMS")
-    if env:
-        return int(env)
+    if not env:
+        return None
+    try:
+        parts = [int(x) for x in env.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise ValueError(f"VSCAN_SCAN_TARGET_PROGRAMS: expected one or two positive integers "
+                         f"(forward[,backward]), got {env!r}")
+    return parts[min(which, len(parts) - 1)]
+
+
+def _target_programs(device: torch.device, per_sm: int) -> int:
+    over = _target_override()
+    if over is not None:
+        return over
     if device.type == "cuda":
         return per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 1
+
+
+def _split_for_target(n_chunks: int, rows: int, target: int) -> tuple[int, int]:
+    """(segments, chunks per segment) so that rows x segments reaches about ``target`` programs."""
+    want = max(1, triton.cdiv(target, rows))
+    cps = triton.cdiv(n_chunks, max(1, min(n_chunks, want)))
+    return triton.cdiv(n_chunks, cps), cps
+
+
+# Segment split of the sequential kernels, per launch (forward and backward each choose their
+# own). A launch runs rows x segments one-warp programs, each walking cps chunks; the GPU holds
+# `resident` of them at once (what the compiled kernel's registers allow: 8 per SM for the
+# backward at N = 16, which takes 255 registers). Programs run in waves, so a launch costs about
+# waves x the steps of its longest segment, times (1 + SEQ_MODE1_COST) when split, for the
+# summary pass a split needs (MODE 1: a segment's end state or carry from zero). The split that was a fixed 16 programs per SM put
+# the backward of the text shape (8, 2048, 2048, 16) into 2560 programs, three waves of which the
+# last ran 42% full; 2 segments (1024 programs) fit one wave.
+SEQ_MODE1_COST = (0.6, 0.2)    # forward, backward: a summary-pass step relative to a main-pass step
+
+
+@functools.lru_cache(maxsize=256)
+def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float) -> tuple[int, int]:
+    """(segments, chunks per segment) for L steps in chunks of bt: least waves x steps of the
+    longest segment x (1 + mode1_cost if split); fewer segments on ties."""
+    n_chunks = triton.cdiv(L, bt)
+    cands = set()
+    for n in range(1, math.isqrt(n_chunks) + 2):   # every distinct cps is ceil(n_chunks / n) or n
+        cands.add(triton.cdiv(n_chunks, n))
+        cands.add(min(n, n_chunks))
+    best = None
+    for cps in sorted(cands, reverse=True):        # many chunks per segment (few segments) first
+        n_seg = triton.cdiv(n_chunks, cps)
+        steps = min(cps * bt, L)
+        cost = triton.cdiv(rows * n_seg, resident) * steps * (1.0 + (mode1_cost if n_seg > 1 else 0.0))
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, n_seg, cps)
+    return best[1], best[2]
+
+
+_RESIDENT: dict = {}
+
+
+def _arg_sig(a):
+    return a.dtype if isinstance(a, torch.Tensor) else (a if isinstance(a, torch.dtype) else type(a).__name__)
+
+
+def _resident_programs(kernel, args, kwargs, device: torch.device) -> int | None:
+    """How many programs of ``kernel`` (compiled for these arguments; a torch.dtype stands for a
+    buffer not allocated yet) the GPU holds at once, over all SMs: the occupancy calculator's
+    count from the compiled kernel's registers, shared memory and warps. Cached per signature.
+    None where that cannot be read (the interpreter, or a Triton without these fields)."""
+    key = (id(kernel), device.index, tuple(sorted(kwargs.items())), tuple(_arg_sig(a) for a in args))
+    if key in _RESIDENT:
+        return _RESIDENT[key]
+    try:
+        ck = kernel.warmup(*args, grid=(1,), **kwargs)     # compiles (or finds) it; launches nothing
+        ck._init_handles()
+        regs, smem, warps = int(ck.n_regs), int(ck.metadata.shared), int(ck.metadata.num_warps)
+    except (AttributeError, TypeError):
+        return None
+    props = torch.cuda.get_device_properties(device)
+    blocks = _blocks_per_sm(regs, smem, warps, getattr(props, "regs_per_multiprocessor", 65536),
+                            getattr(props, "shared_memory_per_multiprocessor", 228 * 1024),
+                            getattr(props, "max_threads_per_multi_processor", 2048))
+    _RESIDENT[key] = blocks * props.multi_processor_count
+    return _RESIDENT[key]
+
+
+def _blocks_per_sm(regs: int, smem: int, warps: int, reg_file: int = 65536, smem_sm: int = 228 * 1024,
+                   threads: int = 2048, max_blocks: int = 32) -> int:
+    """Resident blocks per SM, as CUDA's occupancy calculator counts them on sm_90: registers
+    are allocated per warp in units of 256, and each block reserves 1 KiB of shared memory."""
+    per_warp = triton.cdiv(max(regs, 1) * 32, 256) * 256
+    blocks = min(max_blocks, threads // (32 * warps), (reg_file // per_warp) // warps)
+    if smem:
+        blocks = min(blocks, smem_sm // (smem + 1024))
+    return max(1, blocks)
+
+
+def _segments(pr, which: int, rows: int, kernel=None, args=(), kwargs=None) -> tuple[int, int]:
+    """(segments, chunks per segment) of one launch (which: 0 forward, 1 backward) over ``rows``
+    program rows (channel blocks x splits x batch rows). The chunked kernels keep the plan's split
+    (their backward reuses the forward's segment sums); the sequential ones on a GPU use the
+    occupancy model above; the interpreter runs one segment unless VSCAN_SCAN_TARGET_PROGRAMS
+    forces more."""
+    p = pr.p
+    resident = None
+    if p["kind"] != "sequential":
+        split = p["n_seg"], p["cps"]
+    elif _target_override(which) is not None:
+        split = _split_for_target(p["n_chunks"], rows, _target_override(which))
+    elif pr.u.is_cuda and (resident := _resident_programs(kernel, args, kwargs or {}, pr.u.device)):
+        split = _seq_segments(pr.L, p["bt"], rows, resident, SEQ_MODE1_COST[which])
+    else:
+        split = p["n_seg"], p["cps"]
+    LAST_SPLIT[which] = dict(n_seg=split[0], cps=split[1], rows=rows, resident=resident, L=pr.L, bt=p["bt"])
+    return split
+
+
+# The last split chosen per launch kind (0 forward, 1 backward), for benchmarks to report.
+LAST_SPLIT: dict = {}
 
 
 def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
@@ -143,10 +277,7 @@ def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
     bd, single = _block_d(dim, ch_per_group, bd_pref)
     n_chunks = triton.cdiv(L, bt)
     n_blk = triton.cdiv(dim, bd)
-    want = max(1, triton.cdiv(_target_programs(device, per_sm), n_blk * batch))
-    n_seg = max(1, min(n_chunks, want))
-    cps = triton.cdiv(n_chunks, n_seg)
-    n_seg = triton.cdiv(n_chunks, cps)
+    n_seg, cps = _split_for_target(n_chunks, n_blk * batch, _target_programs(device, per_sm))
     if nsplit < 1 or nsplit & (nsplit - 1):
         raise ValueError(f"VSCAN_SCAN_SEQ: NSPLIT must be a power of two >= 1, got {nsplit}")
     nsplit = min(nsplit, bn)            # N = 1 cannot be split
@@ -219,6 +350,10 @@ class _Problem:
                      LOWRANK=self.W32 is not None, BLOCK_R=triton.next_power_of_2(self.rank))
         return f
 
+    def fwd_flags(self):
+        """The forward kernel's own flags: the sequential forward's prefetch distance."""
+        return dict(AHEAD=_fwd_ahead()) if self.p["kind"] == "sequential" else {}
+
     def opt(self, t):
         """A dummy pointer for an absent optional tensor (never read: its flag is off)."""
         return t if t is not None else self.A32
@@ -229,44 +364,52 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
     Returns (states, dtsum, last_state); ``states`` holds the chunk-start states when save."""
     p, dev, bk = pr.p, pr.u.device, pr.b * pr.K
     seq = p["kind"] == "sequential"
-    n_slots = p["n_chunks"] + 1 if save else 2 * p["n_seg"]
-    states = torch.zeros(bk, n_slots, pr.dim, pr.N, device=dev, dtype=torch.float32)
-    if initial_state is not None:
-        states[:, 0] = initial_state.float()
-    dtsum = torch.empty(bk, p["n_seg"], pr.dim, device=dev, dtype=torch.float32)
-    grid = (p["n_blk"], bk, p["n_seg"])
+    f32 = dict(device=dev, dtype=torch.float32)
     zz = pr.opt(pr.z)
+    common = dict(pr.flags(), num_warps=p["warps"], **pr.fwd_flags())
     if seq:
         kernel = scan_fwd_seq_kernel
-        args = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out,
-                pr.opt(pr.idx), pr.opt(pr.W32))
-        scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg, pr.K, float(out_scale), pr.rank,
-                   *pr.su, *pr.sdt, *pr.sz, *s_out, *pr.sB, *pr.sC)
-        extra = dict(OUT_ATOMIC=out_atomic)
+        ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out,
+               pr.opt(pr.idx), pr.opt(pr.W32))
+        common["OUT_ATOMIC"] = out_atomic
+
+        def scalars(n_seg, cps):
+            return (pr.L, pr.dim, pr.N, p["n_chunks"], cps, n_seg, pr.cpg, pr.K, float(out_scale), pr.rank,
+                    *pr.su, *pr.sdt, *pr.sz, *s_out, *pr.sB, *pr.sC)
     else:
         assert pr.K == 1 and pr.idx is None and not out_atomic and pr.W32 is None, \
             "the chunked kernels scan one direction with a full delta"
         kernel = scan_fwd_kernel
-        args = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out)
-        scalars = (pr.L, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.cpg,
-                   pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_out[0], s_out[1],
-                   *pr.sB[:3], *pr.sC[:3])
-        extra = {}
-    common = dict(pr.flags(), num_warps=p["warps"], **extra)
-    if p["n_seg"] > 1:
-        loc = torch.zeros(bk, 2 * p["n_seg"], pr.dim, pr.N, device=dev, dtype=torch.float32)
-        kernel[grid](*args, loc, dtsum, *scalars, loc.stride(0), loc.stride(1), MODE=1, SAVE_ALL=False, **common)
-        _combine(states, loc, dtsum, pr, save, reverse=False)
-    kernel[grid](*args, states, dtsum, *scalars, states.stride(0), states.stride(1), MODE=0, SAVE_ALL=save,
-                 **common)
-    last = states[:, p["n_chunks"]] if save else states[:, (p["n_seg"] - 1) * 2 + p["n_chunks"] % 2]
+        ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out)
+
+        def scalars(n_seg, cps):
+            return (pr.L, pr.dim, pr.N, p["n_chunks"], cps, n_seg, pr.cpg,
+                    pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_out[0], s_out[1],
+                    *pr.sB[:3], *pr.sC[:3])
+    # the split is chosen for the compiled main pass (buffers it sizes stand in as dtypes)
+    probe = (*ins, torch.float32, torch.float32, *scalars(p["n_seg"], p["cps"]), 0, pr.dim * pr.N)
+    n_seg, cps = _segments(pr, 0, p["n_blk"] * bk, kernel, probe, dict(common, MODE=0, SAVE_ALL=save))
+    n_slots = p["n_chunks"] + 1 if save else 2 * n_seg
+    states = torch.zeros(bk, n_slots, pr.dim, pr.N, **f32)
+    if initial_state is not None:
+        states[:, 0] = initial_state.float()
+    dtsum = torch.empty(bk, n_seg, pr.dim, **f32)
+    grid = (p["n_blk"], bk, n_seg)
+    if n_seg > 1:
+        loc = torch.zeros(bk, 2 * n_seg, pr.dim, pr.N, **f32)
+        kernel[grid](*ins, loc, dtsum, *scalars(n_seg, cps), loc.stride(0), loc.stride(1), MODE=1, SAVE_ALL=False,
+                     **common)
+        _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse=False)
+    kernel[grid](*ins, states, dtsum, *scalars(n_seg, cps), states.stride(0), states.stride(1), MODE=0,
+                 SAVE_ALL=save, **common)
+    last = states[:, p["n_chunks"]] if save else states[:, (n_seg - 1) * 2 + p["n_chunks"] % 2]
     return states, dtsum, last
 
 
-def _combine(states, loc, dtsum, pr, save, reverse):
-    p, blk = pr.p, 256
+def _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse):
+    blk = 256
     segment_combine_kernel[(triton.cdiv(pr.dim * pr.N, blk), pr.b * pr.K)](
-        states, loc, dtsum, pr.A32, pr.dim, pr.N, p["n_chunks"], p["cps"], p["n_seg"], pr.K,
+        states, loc, dtsum, pr.A32, pr.dim, pr.N, pr.p["n_chunks"], cps, n_seg, pr.K,
         states.stride(0), states.stride(1), loc.stride(0), loc.stride(1),
         BLOCK=blk, SAVE_ALL=save, REVERSE=reverse)
 
@@ -274,51 +417,41 @@ def _combine(states, loc, dtsum, pr, save, reverse):
 def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_atomic=False):
     """Run the backward kernels. Returns per-input gradient buffers (float32 partial sums for
     A, D, delta_bias and B/C, reduced by the caller) and the carry buffer (its slot 1 is the
-    gradient of the initial state)."""
+    gradient of the initial state). The sequential kernels choose their own segment split (their
+    summary pass sums dt per segment itself); the chunked ones reuse the forward's and its
+    per-segment ``dtsum``."""
     p, dev, bk, dim, N, L = pr.p, pr.u.device, pr.b * pr.K, pr.dim, pr.N, pr.L
-    n_seg, n_chunks = p["n_seg"], p["n_chunks"]
+    n_chunks = p["n_chunks"]
     seq = p["kind"] == "sequential"
     f32 = dict(device=dev, dtype=torch.float32)
-    carry = torch.zeros(bk, 2 * n_seg, dim, N, **f32)
-    if dlast is not None:
-        carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
     # with the N states split over programs, du / ddelta / dz are sums of per-split parts
     nsplit = p["nsplit"] if seq else 1
     split = nsplit > 1
     du = torch.zeros(pr.u.shape, **f32) if (du_atomic or split) else torch.empty_like(pr.u)
     # the low-rank dt's gradient is summed over channels in the kernel (atomics: float32 zeros)
     ddelta = torch.zeros(pr.delta.shape, **f32) if (pr.W32 is not None or split) else torch.empty_like(pr.delta)
-    dW = torch.empty(bk, n_seg * nsplit, dim, pr.rank, **f32) if pr.W32 is not None else None
     dz = None
     if pr.z is not None:
         dz = torch.zeros(pr.z.shape, **f32) if split else torch.empty_like(pr.z)
-    dA = torch.empty(bk, n_seg, dim, N, **f32)
-    dD = torch.empty(bk, n_seg * nsplit, dim, **f32)
-    dbias = torch.empty(bk, n_seg * nsplit, dim, **f32)
     # the chunked kernels write one dB/dC partial per channel block of a group (summed below);
     # the sequential ones add into a single buffer
     bpg = max(1, pr.cpg // p["bd"]) if (p["single"] and not seq) else 1
-
-    def grad_buf(vary, X):
-        if not vary:
-            return torch.empty(bk, n_seg, dim, N, **f32)
-        return (torch.empty if (p["single"] and not seq) else torch.zeros)(bpg, *X.shape, **f32)
-    dB, dC = grad_buf(pr.B_vary, pr.B), grad_buf(pr.C_vary, pr.C)
-    pbuf = dB if pr.B_vary else (dC if pr.C_vary else None)
+    varying = {}
+    for name, vary, X in (("dB", pr.B_vary, pr.B), ("dC", pr.C_vary, pr.C)):
+        if vary:
+            varying[name] = (torch.empty if (p["single"] and not seq) else torch.zeros)(bpg, *X.shape, **f32)
+    pbuf = varying.get("dB", varying.get("dC"))
     if pbuf is not None:
         # (partial, batch, row, group, direction); per-direction B/C: the direction axis takes the group's place
         ps = (pbuf.stride(0), pbuf.stride(1), pbuf.stride(2), 0 if pr.bc_per_dir else pbuf.stride(3),
               pbuf.stride(3) if pr.bc_per_dir else 0)
     else:
         ps = (0, 0, 0, 0, 0)
-    if pr.B_vary and pr.C_vary:
-        assert dB.stride() == dC.stride()
-    grid = (p["n_blk"] * nsplit, bk, n_seg)
+    if len(varying) == 2:
+        assert varying["dB"].stride() == varying["dC"].stride()
     common = dict(pr.flags(), num_warps=p["bwarps"])
     zz = pr.opt(pr.z)
     ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), dout)
-    outs = (du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC)
-    w_in, w_out = pr.opt(pr.W32), (dW if dW is not None else dA)
     if seq:
         common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=p["prefetch"], LANE_SUM=p["lane_sum"])
         if split:
@@ -326,35 +459,55 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
         if p["maxnreg"]:
             common["maxnreg"] = p["maxnreg"]
         per_prog = (p["sub"] + p["bt"] // p["sub"]) * (p["bn"] // nsplit) * p["bd"]
-        scratch = torch.empty(bk * p["n_blk"] * nsplit * n_seg * per_prog, **f32)
-        scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg, pr.K, float(dout_scale), pr.rank,
-                   *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC)
     else:
         assert pr.K == 1 and pr.idx is None and not du_atomic and dout_scale == 1.0 and pr.W32 is None
         common["BLOCK_N"] = p["bn"]
-        scalars = (L, dim, N, n_chunks, p["cps"], n_seg, pr.cpg, bpg,
-                   pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_dout[0], s_dout[1],
-                   *pr.sB[:3], *pr.sC[:3])
+
+    def args(b, n_seg, cps):
+        """The kernel's arguments; ``b`` holds the buffers sized by the split (or their dtypes)."""
+        outs = (du, ddelta, dz if dz is not None else du, b["dA"], b["dD"], b["dbias"], b["dB"], b["dC"])
+        st = (states.stride(0), states.stride(1), b["s_cb"], dim * N)
+        if seq:
+            return (*ins, pr.opt(pr.idx), pr.opt(pr.W32), states, b["carry"], b["scratch"], b["dtsum"], *outs,
+                    b["dW"] if pr.W32 is not None else b["dA"],
+                    L, dim, N, n_chunks, cps, n_seg, pr.cpg, bpg, pr.K, float(dout_scale), pr.rank,
+                    *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC, *st, *ps)
+        return (*ins, states, b["carry"], *outs, L, dim, N, n_chunks, cps, n_seg, pr.cpg, bpg,
+                pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_dout[0], s_dout[1],
+                *pr.sB[:3], *pr.sC[:3], *st, *ps[:4])
+
+    kernel = scan_bwd_seq_kernel if seq else scan_bwd_kernel
+    rows = p["n_blk"] * nsplit * bk
+    probe = dict(dA=torch.float32, dD=torch.float32, dbias=torch.float32, dW=torch.float32,
+                 dB=varying.get("dB", torch.float32), dC=varying.get("dC", torch.float32),
+                 carry=torch.float32, scratch=torch.float32, dtsum=torch.float32, s_cb=2 * dim * N)
+    n_seg, cps = _segments(pr, 1, rows, kernel, args(probe, p["n_seg"], p["cps"]), dict(common, MODE=0))
+    carry = torch.zeros(bk, 2 * n_seg, dim, N, **f32)
+    if dlast is not None:
+        carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
+    b = dict(dA=torch.empty(bk, n_seg, dim, N, **f32), dD=torch.empty(bk, n_seg * nsplit, dim, **f32),
+             dbias=torch.empty(bk, n_seg * nsplit, dim, **f32),
+             dW=torch.empty(bk, n_seg * nsplit, dim, pr.rank, **f32) if pr.W32 is not None else None,
+             dB=varying.get("dB") if pr.B_vary else torch.empty(bk, n_seg, dim, N, **f32),
+             dC=varying.get("dC") if pr.C_vary else torch.empty(bk, n_seg, dim, N, **f32),
+             carry=carry, s_cb=carry.stride(0),
+             scratch=torch.empty(bk * p["n_blk"] * nsplit * n_seg * per_prog, **f32) if seq else None,
+             dtsum=torch.empty(bk, n_seg, dim, **f32) if seq else dtsum)
+    grid = (p["n_blk"] * nsplit, bk, n_seg)
 
     def launch(mode, carry_buf):
-        if seq:
-            scan_bwd_seq_kernel[grid](*ins, pr.opt(pr.idx), w_in, states, carry_buf, scratch, *outs, w_out, *scalars,
-                                      states.stride(0), states.stride(1), carry_buf.stride(0), carry_buf.stride(1),
-                                      *ps, MODE=mode, **common)
-        else:
-            scan_bwd_kernel[grid](*ins, states, carry_buf, *outs, *scalars,
-                                  states.stride(0), states.stride(1), carry_buf.stride(0), carry_buf.stride(1),
-                                  *ps[:4], MODE=mode, **common)
+        kernel[grid](*args(dict(b, carry=carry_buf, s_cb=carry_buf.stride(0)), n_seg, cps), MODE=mode, **common)
     if n_seg > 1:
         loc = torch.zeros_like(carry)
-        launch(1, loc)
-        _combine(carry, loc, dtsum, pr, False, reverse=True)
+        launch(1, loc)      # the sequential summary pass also writes the segments' dt sums into b["dtsum"]
+        _combine(carry, loc, b["dtsum"], pr, n_seg, cps, False, reverse=True)
     launch(0, carry)
     if split:   # back to the dtypes of the unsplit kernel
         du = du if du_atomic else du.to(pr.u.dtype)
         ddelta = ddelta if pr.W32 is not None else ddelta.to(pr.delta.dtype)
         dz = dz.to(pr.z.dtype) if dz is not None else None
-    return dict(du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC, dW=dW, carry=carry)
+    return dict(du=du, ddelta=ddelta, dz=dz, dA=b["dA"], dD=b["dD"], dbias=b["dbias"], dB=b["dB"], dC=b["dC"],
+                dW=b["dW"], carry=carry)
 
 
 def _param_grad(buf, pr, shape, dtype):

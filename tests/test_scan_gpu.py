@@ -108,3 +108,26 @@ def test_lane_sum_is_planned_on_cuda(monkeypatch):
     assert _plan(3136, 192, 512, 16, 192, dev, lean=True)["lane_sum"]
     monkeypatch.setenv("VSCAN_SCAN_LANESUM", "0")
     assert not _plan(3136, 192, 512, 16, 192, dev, lean=True)["lane_sum"]
+
+
+def test_segment_split_follows_the_compiled_kernels(monkeypatch):
+    """Forward and backward each split the sequence by the occupancy of their compiled kernel
+    (registers -> programs per SM; kernels/selective_scan.py, _seq_segments). On this small
+    problem the GPU is nearly idle, so both put every chunk in its own segment, and the
+    correctness tests above run the backward's own segment sums."""
+    from vscan.kernels import selective_scan as ss
+    monkeypatch.delenv("VSCAN_SCAN_TARGET_PROGRAMS", raising=False)
+    monkeypatch.delenv("VSCAN_SCAN_SEQ", raising=False)
+    r = lambda *s: torch.randn(*s, device="cuda")  # noqa: E731
+    b, L, d, N = 2, 300, 96, 16
+    u = r(b, L, d).requires_grad_(True)
+    y = selective_scan(u, r(b, L, d) * 0.5 - 1.0, -torch.exp(r(d, N) * 0.5), r(b, L, 1, N), r(b, L, 1, N),
+                       r(d), delta_softplus=True, backend="triton")
+    y.sum().backward()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for which in (0, 1):
+        s = ss.LAST_SPLIT[which]
+        assert s["resident"] and s["resident"] % sms == 0, s
+        assert (s["n_seg"], s["cps"]) == ss._seq_segments(s["L"], s["bt"], s["rows"], s["resident"],
+                                                          ss.SEQ_MODE1_COST[which])
+        assert s["n_seg"] == -(-s["L"] // s["bt"]) > 1, s

@@ -50,6 +50,7 @@ CASES = [  # (b, L, d, N, G, vary, opts, segments)
 # chunked (T, D, warps) and sequential (T, warps, SUB, programs/SM, BLOCK_D[, NSPLIT]); the
 # sequential backward also with its N states split over 2 programs.
 KERNELS = {"sequential": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4"),
+           "sequential-ahead2": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4"),   # forward loads 2 steps ahead
            "sequential-nsplit2": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4,2"),
            "chunked": ("chunked", "VSCAN_SCAN_TILES", "16,4,1;16,4,1")}
 MATRIX = [(k, dt) for k in KERNELS for dt in ("fp32", "bf16") if (k, dt) != ("chunked", "bf16")]
@@ -59,6 +60,8 @@ def _keep(case, kernel, dtype_name):
     """The N-split backward on the cases that exercise it (a state tile past the first, N not a
     power of two, groups straddled, constant B/C, segments), fp32 and one bf16: the interpreter
     runs twice the programs, and the long segmented case alone would take a minute."""
+    if kernel == "sequential-ahead2":
+        return dtype_name == "fp32"
     if kernel != "sequential-nsplit2":
         return True
     return case[1] != 70 and (dtype_name == "fp32" or case[3] == 3)
@@ -75,11 +78,12 @@ PARAMS = [pytest.param(c, k, dt, id=f"{k}-{dt}-{_case_id(c)}") for k, dt in MATR
 def test_triton_matches_reference(case, kernel, dtype_name, monkeypatch):
     b, L, d, N, G, vary, opts, seg = case
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    if seg:
-        monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64")
+    if seg:   # forward and backward split differently (the chunked backward keeps the forward's)
+        monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64,12")
     kind, var, tile = KERNELS[kernel]
     monkeypatch.setenv("VSCAN_SCAN_KERNEL", kind)
     monkeypatch.setenv(var, tile)
+    monkeypatch.setenv("VSCAN_SCAN_FWD_AHEAD", "2" if kernel == "sequential-ahead2" else "1")
     x = make(b, L, d, N, G, vary, opts, dtype, seed=L + d)
     g = torch.Generator().manual_seed(1)
     gy, gl = torch.randn(b, L, d, generator=g), torch.randn(b, d, N, generator=g)
@@ -118,6 +122,61 @@ def test_backward_splits_states_from_n32_or_n16_lean(monkeypatch):
     monkeypatch.setenv("VSCAN_SCAN_SEQ", "64,1,8,16,32,3")
     with pytest.raises(ValueError, match="NSPLIT"):
         _plan(256, 64, 2, 16, 64, cpu)
+
+
+def _brute_segments(L, bt, rows, resident, mode1_cost):
+    """Every split n = 1 .. n_chunks in the same cost model (waves x steps of the longest segment
+    x (1 + mode1_cost) when split): the least cost, fewest segments on ties."""
+    n_chunks = -(-L // bt)
+    best = None
+    for n in range(1, n_chunks + 1):
+        cps = -(-n_chunks // n)
+        n_seg = -(-n_chunks // cps)
+        cost = -(-rows * n_seg // resident) * min(cps * bt, L) * (1 + (mode1_cost if n_seg > 1 else 0))
+        if best is None or cost < best[0] - 1e-9 or (abs(cost - best[0]) < 1e-9 and n_seg < best[1]):
+            best = (cost, n_seg, cps)
+    return best[1], best[2]
+
+
+def test_segment_split_fits_waves():
+    """The sequential kernels' split (rows x segments programs, in waves of `resident`): the
+    shapes of issue 2 on an H100/H200 (132 SMs, 8 backward programs per SM at N = 16), and the
+    search over distinct chunks-per-segment values against trying every split."""
+    from vscan.kernels.selective_scan import _seq_segments
+    assert _seq_segments(2048, 64, 512, 1056, 0.2) == (2, 16)     # text: one wave of 1024, not 3 of 2560
+    assert _seq_segments(16384, 64, 96, 1056, 0.2) == (11, 24)    # long: one full wave
+    assert _seq_segments(197, 64, 1536, 1056, 0.2) == (1, 4)      # vim-s-224: 2 waves of 197 steps
+    assert _seq_segments(256, 64, 4, 1056, 0.2) == (4, 1)         # an idle GPU: a segment per chunk
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        L, bt, rows, resident = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (9000, 80, 3000, 3000))
+        cost = float(torch.rand(1, generator=g))
+        n_seg, cps = _seq_segments(L, bt, rows, resident, cost)
+        n_chunks = -(-L // bt)
+        assert (n_seg - 1) * cps < n_chunks <= n_seg * cps
+        assert (n_seg, cps) == _brute_segments(L, bt, rows, resident, cost), (L, bt, rows, resident, cost)
+
+
+def test_blocks_per_sm_matches_the_occupancy_calculator():
+    from vscan.kernels.selective_scan import _blocks_per_sm
+    assert _blocks_per_sm(255, 0, 1) == 8        # the N = 16 backward: 8 one-warp programs per SM
+    assert _blocks_per_sm(96, 0, 1) == 21        # the forward
+    assert _blocks_per_sm(128, 0, 1) == 16       # the lean backward's register cap
+    assert _blocks_per_sm(40, 0, 1) == 32        # capped by 32 blocks per SM
+    assert _blocks_per_sm(32, 0, 8) == 8         # capped by 2048 threads
+    assert _blocks_per_sm(32, 100 * 1024, 1) == 2
+
+
+def test_segment_override_rejects_bad_values(monkeypatch):
+    from vscan.kernels.selective_scan import _target_override
+    monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64,12")
+    assert _target_override(0) == 64 and _target_override(1) == 12
+    monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64")
+    assert _target_override(1) == 64
+    for bad in ("0", "a,b", "1,2,3"):
+        monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", bad)
+        with pytest.raises(ValueError, match="VSCAN_SCAN_TARGET_PROGRAMS"):
+            _target_override(0)
 
 
 def test_kernel_choice_rejects_bad_requests(monkeypatch):

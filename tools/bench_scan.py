@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import (add_row, bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s, gpu_warmup,  # noqa: E402
                           print_markdown, time_once_ms, write_json)
 
+from vscan.kernels.selective_scan import LAST_SPLIT  # noqa: E402
 from vscan.ops import selective_scan  # noqa: E402
 
 SHAPES = {  # name: (batch, channels, length, N); mamba_ssm 2.3.2 CUDA figures on an H100 (issue 2)
@@ -67,7 +68,7 @@ def rel(a, b):
 def check_correctness(report):
     torch.manual_seed(0)
     rows = []
-    for (b, d, L, N, G, seg) in [(2, 64, 1000, 16, 1, None), (2, 96, 777, 8, 2, "512"), (3, 64, 300, 16, 4, None)]:
+    for (b, d, L, N, G, seg) in [(2, 64, 1000, 16, 1, None), (2, 96, 777, 8, 2, "512,160"), (3, 64, 300, 16, 4, None)]:
         if seg:
             os.environ["VSCAN_SCAN_TARGET_PROGRAMS"] = seg
         inp32 = make_inputs(b, d, L, N, torch.float32, G=G)
@@ -113,7 +114,10 @@ def time_shape(name, shape, with_ref=True):
     def fwdbwd():
         y = run_scan(x, "triton")
         torch.autograd.grad(y, list(x.values()), gy)
-    res = dict(fwd_ms=bench_ms(fwd), fwdbwd_ms=bench_ms(fwdbwd))
+    res = dict(fwd_ms=bench_ms(fwd))
+    split_fwd = dict(LAST_SPLIT.get(0, {}))
+    res["fwdbwd_ms"] = bench_ms(fwdbwd)
+    res["split"] = dict(fwd=split_fwd, bwd=dict(LAST_SPLIT.get(1, {})))   # segments chosen per launch
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fwdbwd()
@@ -130,12 +134,18 @@ def time_shape(name, shape, with_ref=True):
 
 def use_kernel(kind, tile=None):
     """Select the kernel family and, for the sequential kernels, a tile ('T,W,SUB,P' ->
-    VSCAN_SCAN_SEQ) or a backward variant ('bwd:P,R' -> VSCAN_SCAN_BWD); None: the defaults."""
+    VSCAN_SCAN_SEQ), a backward variant ('bwd:P,R' -> VSCAN_SCAN_BWD), a fixed segment target
+    ('target:F[,B]' -> VSCAN_SCAN_TARGET_PROGRAMS) or the forward's prefetch distance ('ahead:2'
+    -> VSCAN_SCAN_FWD_AHEAD); None: the defaults."""
     os.environ["VSCAN_SCAN_KERNEL"] = kind
-    os.environ.pop("VSCAN_SCAN_SEQ", None)
-    os.environ.pop("VSCAN_SCAN_BWD", None)
+    for var in ("VSCAN_SCAN_SEQ", "VSCAN_SCAN_BWD", "VSCAN_SCAN_TARGET_PROGRAMS", "VSCAN_SCAN_FWD_AHEAD"):
+        os.environ.pop(var, None)
     if tile and tile.startswith("bwd:"):
         os.environ["VSCAN_SCAN_BWD"] = tile[4:]
+    elif tile and tile.startswith("target:"):
+        os.environ["VSCAN_SCAN_TARGET_PROGRAMS"] = tile[7:]
+    elif tile and tile.startswith("ahead:"):
+        os.environ["VSCAN_SCAN_FWD_AHEAD"] = tile[6:]
     elif tile:
         os.environ["VSCAN_SCAN_SEQ"] = tile
 
@@ -163,6 +173,11 @@ def main(argv=None):
                     help="sequential backward variants to time too, 'P,R;P,R' (VSCAN_SCAN_BWD: B/C prefetch 0/1, "
                          "register cap or 0)")
     ap.add_argument("--no-chunked", action="store_true", help="skip the chunked kernels")
+    ap.add_argument("--targets", default="",
+                    help="fixed segment targets to time too, 'F[,B];...' programs (VSCAN_SCAN_TARGET_PROGRAMS; "
+                         "the split before the occupancy model was 16 per SM, 2112 on 132 SMs)")
+    ap.add_argument("--aheads", default="",
+                    help="forward prefetch distances to time too (correctness-gated), '2' (VSCAN_SCAN_FWD_AHEAD)")
     ap.add_argument("--tiles", default="",
                     help="sequential tiles to time too (correctness-gated), 'T,W,SUB,P[,BLOCK_D];...' (VSCAN_SCAN_SEQ)")
     args = ap.parse_args(argv)
@@ -178,7 +193,8 @@ def main(argv=None):
     extra_tiles = [t for t in args.tiles.split(";") if t]
     gates = ([("sequential", None)] + ([] if args.no_chunked else [("chunked", None)])
              + [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
-             + [("sequential", t) for t in extra_tiles])
+             + [("sequential", t) for t in extra_tiles]
+             + [("sequential", "ahead:" + a) for a in args.aheads.split(";") if a])
     seen = set()   # compiled kernel variants already attributed to a config (report["kernels"])
     for kind, tile in gates:
         use_kernel(kind, tile)
@@ -199,6 +215,8 @@ def main(argv=None):
         configs += [("sequential", t) for t in ("64,2,8,8", "64,1,16,16", "64,1,8,32", "64,4,8,4", "32,1,8,16")]
     configs += [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
     configs += [("sequential", t) for t in extra_tiles]
+    configs += [("sequential", "target:" + t) for t in args.targets.split(";") if t]
+    configs += [("sequential", "ahead:" + a) for a in args.aheads.split(";") if a]
     rows = []
     for kind, tile in configs:
         use_kernel(kind, tile)
