@@ -93,6 +93,28 @@ def test_fused_multi_scan_standin_allocations():
     assert t2.report.peak == max(acc + out, b * L * K * d * 2 + idx + states + acc)
 
 
+def test_fused_multi_scan_standin_lowrank_keeps_lean_chunk_states():
+    """With dt_weight (MultiDirMamba's default fuse_dt_proj) the stand-in takes the low-rank dt and
+    saves chunk states at the lean build's interval (SEQ_TILE_LEAN), as the kernels do."""
+    from vscan.kernels.selective_scan import SEQ_TILE, SEQ_TILE_LEAN
+    b, L, K, d, N, R = 2, 600, 2, 8, 4, 3
+    u = torch.randn(b, L, d, device="meta", dtype=torch.bfloat16)
+    dt = torch.randn(b, L, K, R, device="meta", dtype=torch.bfloat16)
+    B = torch.randn(b, L, K, N, device="meta", dtype=torch.bfloat16)
+    A = torch.randn(K, d, N, device="meta", requires_grad=True)
+    W = torch.randn(K, d, R, device="meta")
+    index = torch.zeros(K, L, dtype=torch.long, device="meta")
+    sizes = {}
+    for name, w in (("lean", W), ("plain", None)):
+        t = mp.MemTracker(round_to=1)
+        with t:
+            y = mp.fused_multi_scan_standin(u, dt if w is not None else dt.new_empty(b, L, K, d), A, B, B,
+                                            None, None, True, index, "sum", dt_weight=w)
+            sizes[name] = y._mem_profile_saved.shape[1]
+    assert sizes == {"lean": -(-L // SEQ_TILE_LEAN[0]) + 1, "plain": -(-L // SEQ_TILE[0]) + 1}
+    assert sizes["lean"] < sizes["plain"]
+
+
 def test_vim_tiny_predicts_and_deit_runs():
     pytest.importorskip("timm")
     r = mp.predict("vscan_vim_tiny_patch16_224", 64, 2)

@@ -161,14 +161,16 @@ def test_bad_configs():
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_fuse_dt_proj_is_the_same_layer(backend, monkeypatch):
-    """MultiDirMamba(fuse_dt_proj=True) (dt_proj applied inside multi_scan) computes the same
-    function as the default (delta materialised), output and every gradient, with equal weights."""
+    """MultiDirMamba's default, fuse_dt_proj=True (dt_proj applied inside multi_scan), computes
+    the same function as fuse_dt_proj=False (delta materialised), output and every gradient,
+    with equal weights."""
     from vscan.layers.multidir import MultiDirMamba
     monkeypatch.setenv("VSCAN_BACKEND", backend)
     dtype = torch.float64 if backend == "reference" else torch.float32
     torch.manual_seed(0)
-    ref = MultiDirMamba(8, d_state=2, ssm_ratio=1.0, orders="cross", dtype=dtype)
-    fused = MultiDirMamba(8, d_state=2, ssm_ratio=1.0, orders="cross", fuse_dt_proj=True, dtype=dtype)
+    ref = MultiDirMamba(8, d_state=2, ssm_ratio=1.0, orders="cross", fuse_dt_proj=False, dtype=dtype)
+    fused = MultiDirMamba(8, d_state=2, ssm_ratio=1.0, orders="cross", dtype=dtype)
+    assert fused.ssm.fuse_dt_proj
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 5, 8, dtype=dtype)
     outs = []

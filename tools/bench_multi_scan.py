@@ -6,12 +6,13 @@ Issue 3's case: a VMamba-T stage-1 SS2D layer (``MultiDirMamba``, d_model 96, ss
 192 scan channels, cross scan over 56x56 tokens, batch 128, N = 1 and N = 16) under bf16
 autocast, forward+backward, two ways in the same process:
 - fused: ``vscan.ops.multi_scan`` on CUDA (one launch reads tokens through the index map and
-  merges in grid order);
+  merges in grid order), the layer built with ``fuse_dt_proj=False`` (delta materialised);
 - explicit: the same layer with multi_scan replaced by ``multi_scan_ref`` on the Triton scan,
   i.e. gather K permuted copies, K separate scans, scatter back, merge (VMamba's CrossScan /
   CrossMerge structure);
-- fused_lowrank (layer only): fused, and the layer built with ``fuse_dt_proj=True``, so the
-  kernels apply dt_proj per step and no (b, L, K, d) delta or delta gradient is stored.
+- fused_lowrank (layer only): fused, and the layer built with ``fuse_dt_proj=True`` (its
+  default), so the kernels apply dt_proj per step and no (b, L, K, d) delta or delta gradient
+  is stored.
 Peak extra memory = max_memory_allocated during one forward+backward minus what was allocated
 before it (weights, input). The op alone is timed too, against its floor: each input read once
 per direction (u K times; delta, B, C once), the merged output written once, and

@@ -234,10 +234,12 @@ def _flash_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=N
     return out
 
 
-def _states(b, K, L, d, N, device, grad):
-    """The sequential kernels' float32 chunk-state buffer: (b*K, ceil(L/64)+1, d, N) when the
-    forward saves for backward, else a few slots (kernels/selective_scan.py ``_forward``)."""
-    slots = math.ceil(L / 64) + 1 if grad else 2
+def _states(b, K, L, d, N, device, grad, lean=False):
+    """The sequential kernels' float32 chunk-state buffer: (b*K, ceil(L/T)+1, d, N) when the
+    forward saves for backward, else a few slots (kernels/selective_scan.py ``_forward``); T is
+    the chunk of SEQ_TILE, or of SEQ_TILE_LEAN for the build with dt_proj inside the kernels."""
+    from vscan.kernels.selective_scan import SEQ_TILE, SEQ_TILE_LEAN
+    slots = math.ceil(L / (SEQ_TILE_LEAN if lean else SEQ_TILE)[0]) + 1 if grad else 2
     return torch.zeros(b * K, slots, d, N, device=device, dtype=torch.float32)
 
 
@@ -246,11 +248,9 @@ def fused_multi_scan_standin(u, delta, A, B, C, D=None, delta_bias=None, delta_s
     """What the fused Triton multi_scan (kernels/multi_scan.py) allocates, no compute (zeros):
     contiguous copies of u, delta, B, C where they are not contiguous, the int32 index, float32
     A/D/bias, the chunk states, and for 'sum'/'mean' a float32 (b, L, d) output accumulated with
-    atomics, cast at the end to u's dtype (vscan.ops.multi_scan). The low-rank dt path
-    (``dt_weight``) is not modelled."""
-    if dt_weight is not None:
-        raise NotImplementedError("mem_profile: the fused multi_scan stand-in does not model dt_weight "
-                                  "(MultiDirMamba(fuse_dt_proj=True))")
+    atomics, cast at the end to u's dtype (vscan.ops.multi_scan). With ``dt_weight`` (the layer's
+    default ``fuse_dt_proj``), ``delta`` is the low-rank dt (b, L, K, R), dt_weight gets a
+    float32 copy, and chunk states are kept at the lean build's interval."""
     b, L = u.shape[:2]
     K, d, N = A.shape
     grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
@@ -260,14 +260,15 @@ def fused_multi_scan_standin(u, delta, A, B, C, D=None, delta_bias=None, delta_s
     A32 = A.float().contiguous()
     D32 = D.float().contiguous() if D is not None else None
     bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
-    states = _states(b, K, L, d, N, u.device, grad)
+    W32 = dt_weight.float().contiguous() if dt_weight is not None else None
+    states = _states(b, K, L, d, N, u.device, grad, lean=dt_weight is not None)
     if merge == "concat":
         out = torch.zeros(b, L, K, d, device=u.device, dtype=u.dtype)
     else:
         acc = torch.zeros(b, L, d, device=u.device, dtype=torch.float32)
         # the kernel's host function returns here (its locals die); vscan.ops.multi_scan casts
         # while its own frame still holds u and delta
-        del idx, u_c, delta_c, B_c, C_c, A32, D32, bias32
+        del idx, u_c, delta_c, B_c, C_c, A32, D32, bias32, W32
         saved = states if grad else None
         del states
         out = acc.to(u.dtype)

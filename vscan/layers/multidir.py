@@ -31,16 +31,18 @@ class MultiDirSSM(nn.Module):
     ``forward(u, index, merge)``: u (b, L, d_inner) shared by the K directions, or
     (b, L, K, d_inner), in grid order; ``index`` (K, L) visiting orders.
 
-    ``fuse_dt_proj=True`` hands multi_scan the low-rank dt and the dt_proj weights instead of
-    the (b, L, K, d_inner) delta: on CUDA the kernels apply dt_proj per step, so neither delta
-    nor its gradient is stored (same function). A memory-for-time trade, hence opt-in: on an
-    H200 (2026-12-02), a VMamba-T stage-1 layer needed 37% (N = 1) / 60% (N = 16) less peak extra
-    memory in forward+backward and took 1.14x / 1.08x as long (results/bench_multi_scan/README.md).
+    ``fuse_dt_proj`` (default) hands multi_scan the low-rank dt and the dt_proj weights instead
+    of the (b, L, K, d_inner) delta: on CUDA the kernels apply dt_proj per step, so neither delta
+    nor its gradient is stored (same function). ``fuse_dt_proj=False`` materialises delta, which
+    trades memory for a little time: on an H200 (2026-12-02, after the kernels' layout fix), a
+    VMamba-T stage-1 layer in forward+backward took 17.3 / 37.0 ms fused (N = 1 / 16) and
+    16.5 / 34.2 ms unfused, with 1523 / 1693 vs 2416 / 3086 MiB of peak extra memory; gather +
+    4 scans + scatter took 38.5 / 60.8 ms and 5280 / 5747 MiB (results/bench_multi_scan/README.md).
     """
 
     def __init__(self, d_inner: int, num_directions: int, d_state: int = 1, dt_rank: int = 8,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
-                 dt_scale: float = 1.0, fuse_dt_proj: bool = False, device=None, dtype=None):
+                 dt_scale: float = 1.0, fuse_dt_proj: bool = True, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.fuse_dt_proj = fuse_dt_proj
@@ -99,13 +101,15 @@ class MultiDirMamba(nn.Module):
     ``AlternatingSchedule(n)(layer)``, 'hilbert'.
 
     Input (batch, *grid, d_model), e.g. (b, H, W, C) or (b, D, H, W, C); output the same shape.
+    ``fuse_dt_proj``: see :class:`MultiDirSSM` (on by default: 3.4x less peak extra memory than
+    gather + K scans + scatter at N = 16, where materialising delta gives 1.9x).
     """
 
     def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto",
                  d_conv: int = 3, conv_bias: bool = True, bias: bool = False, use_z: bool = False,
                  orders=None, spatial_dims: int = 2, merge: str = "sum", out_norm: bool = True,
                  act_layer=nn.SiLU, dropout: float = 0.0, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 dt_init_floor: float = 1e-4, dt_scale: float = 1.0, fuse_dt_proj: bool = False,
+                 dt_init_floor: float = 1e-4, dt_scale: float = 1.0, fuse_dt_proj: bool = True,
                  device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
