@@ -389,17 +389,15 @@ def scan_fwd_seq_kernel(
         Bt = B_n
         Ct = C_n
         zz = z_n
-        if AHEAD == 2:
+        r_l, u_l, dt_l, B_l, C_l, z_l = _fwd_step_loads(
+            tl.minimum(t + AHEAD, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
+            offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
+            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+        if AHEAD == 2:      # step t + 1's loads move up; step t + 2's join the queue
             r_n, u_n, dt_n, B_n, C_n, z_n = r_m, u_m, dt_m, B_m, C_m, z_m
-            r_m, u_m, dt_m, B_m, C_m, z_m = _fwd_step_loads(
-                tl.minimum(t + 2, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
-                offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
-                HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+            r_m, u_m, dt_m, B_m, C_m, z_m = r_l, u_l, dt_l, B_l, C_l, z_l
         else:
-            r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
-                tl.minimum(t + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
-                offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
-                HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+            r_n, u_n, dt_n, B_n, C_n, z_n = r_l, u_l, dt_l, B_l, C_l, z_l
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
         if MODE == 1:
             dtsum += dt

@@ -28,9 +28,10 @@ FWD_TILE = (64, 16, 2)
 BWD_TILE = (32, 16, 2)
 # Sequential: (BLOCK_T = chunk-state interval, num_warps, backward SUB, programs per SM);
 # BLOCK_D = 32 * num_warps. On a GPU the segment split comes from the compiled kernels'
-# occupancy (_seq_segments below); "programs per SM" is the fallback where that cannot be read. Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D[,NSPLIT]]" (a
-# smaller BLOCK_D gives tests several channel blocks on tiny shapes; NSPLIT > 1 splits the N
-# states of the backward over that many programs, see scan_bwd_seq_kernel).
+# occupancy (_seq_segments below); "programs per SM" is the fallback where that cannot be read.
+# Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D[,NSPLIT]]" (a smaller BLOCK_D gives tests
+# several channel blocks on tiny shapes; NSPLIT > 1 splits the N states of the backward over that
+# many programs, see scan_bwd_seq_kernel).
 SEQ_TILE = (64, 1, 8, 16)
 # The memory-lean build (dt_proj inside the kernels, multi_scan's dt_weight): chunk states every
 # 256 steps, SUB 16. On an H200 (VMamba-T stage-1 SS2D, N = 16, 2026-12-02, 128-register cap,
@@ -160,9 +161,9 @@ def _split_for_target(n_chunks: int, rows: int, target: int) -> tuple[int, int]:
 # `resident` of them at once (what the compiled kernel's registers allow: 8 per SM for the
 # backward at N = 16, which takes 255 registers). Programs run in waves, so a launch costs about
 # waves x the steps of its longest segment, times (1 + SEQ_MODE1_COST) when split, for the
-# summary pass a split needs (MODE 1: a segment's end state or carry from zero). The split that was a fixed 16 programs per SM put
-# the backward of the text shape (8, 2048, 2048, 16) into 2560 programs, three waves of which the
-# last ran 42% full; 2 segments (1024 programs) fit one wave.
+# summary pass a split needs (MODE 1: a segment's end state or carry from zero). The split that
+# was a fixed 16 programs per SM put the backward of the text shape (8, 2048, 2048, 16) into 2560
+# programs, three waves of which the last ran 42% full; 2 segments (1024 programs) fit one wave.
 SEQ_MODE1_COST = (0.6, 0.2)    # forward, backward: a summary-pass step relative to a main-pass step
 
 
@@ -225,19 +226,21 @@ def _blocks_per_sm(regs: int, smem: int, warps: int, reg_file: int = 65536, smem
     return max(1, blocks)
 
 
-def _segments(pr, which: int, rows: int, kernel=None, args=(), kwargs=None) -> tuple[int, int]:
+def _segments(pr, which: int, rows: int, kernel, probe, kwargs) -> tuple[int, int]:
     """(segments, chunks per segment) of one launch (which: 0 forward, 1 backward) over ``rows``
-    program rows (channel blocks x splits x batch rows). The chunked kernels keep the plan's split
-    (their backward reuses the forward's segment sums); the sequential ones on a GPU use the
-    occupancy model above; the interpreter runs one segment unless VSCAN_SCAN_TARGET_PROGRAMS
-    forces more."""
+    program rows (channel blocks x splits x batch rows); ``probe()`` gives the main pass's
+    arguments (buffers sized by the split as dtypes), built only when the model needs them. The
+    chunked kernels keep the plan's split (their backward reuses the forward's segment sums); the
+    sequential ones on a GPU use the occupancy model above; the interpreter runs one segment
+    unless VSCAN_SCAN_TARGET_PROGRAMS forces more."""
     p = pr.p
     resident = None
+    target = _target_override(which) if p["kind"] == "sequential" else None
     if p["kind"] != "sequential":
         split = p["n_seg"], p["cps"]
-    elif _target_override(which) is not None:
-        split = _split_for_target(p["n_chunks"], rows, _target_override(which))
-    elif pr.u.is_cuda and (resident := _resident_programs(kernel, args, kwargs or {}, pr.u.device)):
+    elif target is not None:
+        split = _split_for_target(p["n_chunks"], rows, target)
+    elif pr.u.is_cuda and (resident := _resident_programs(kernel, probe(), kwargs, pr.u.device)):
         split = _seq_segments(pr.L, p["bt"], rows, resident, SEQ_MODE1_COST[which])
     else:
         split = p["n_seg"], p["cps"]
@@ -387,7 +390,8 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
                     pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_out[0], s_out[1],
                     *pr.sB[:3], *pr.sC[:3])
     # the split is chosen for the compiled main pass (buffers it sizes stand in as dtypes)
-    probe = (*ins, torch.float32, torch.float32, *scalars(p["n_seg"], p["cps"]), 0, pr.dim * pr.N)
+    def probe():
+        return (*ins, torch.float32, torch.float32, *scalars(p["n_seg"], p["cps"]), 0, pr.dim * pr.N)
     n_seg, cps = _segments(pr, 0, p["n_blk"] * bk, kernel, probe, dict(common, MODE=0, SAVE_ALL=save))
     n_slots = p["n_chunks"] + 1 if save else 2 * n_seg
     states = torch.zeros(bk, n_slots, pr.dim, pr.N, **f32)
@@ -478,10 +482,12 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
 
     kernel = scan_bwd_seq_kernel if seq else scan_bwd_kernel
     rows = p["n_blk"] * nsplit * bk
-    probe = dict(dA=torch.float32, dD=torch.float32, dbias=torch.float32, dW=torch.float32,
-                 dB=varying.get("dB", torch.float32), dC=varying.get("dC", torch.float32),
-                 carry=torch.float32, scratch=torch.float32, dtsum=torch.float32, s_cb=2 * dim * N)
-    n_seg, cps = _segments(pr, 1, rows, kernel, args(probe, p["n_seg"], p["cps"]), dict(common, MODE=0))
+    def probe():
+        stand_in = dict(dA=torch.float32, dD=torch.float32, dbias=torch.float32, dW=torch.float32,
+                        dB=varying.get("dB", torch.float32), dC=varying.get("dC", torch.float32),
+                        carry=torch.float32, scratch=torch.float32, dtsum=torch.float32, s_cb=2 * dim * N)
+        return args(stand_in, p["n_seg"], p["cps"])
+    n_seg, cps = _segments(pr, 1, rows, kernel, probe, dict(common, MODE=0))
     carry = torch.zeros(bk, 2 * n_seg, dim, N, **f32)
     if dlast is not None:
         carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
