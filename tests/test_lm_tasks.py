@@ -139,15 +139,17 @@ def test_cuda_graph_needs_cuda(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("model", ["mamba", "jamba", "hymba", "attention"])
+@pytest.mark.parametrize("model", ["mamba", "jamba", "hymba", "attention", "hymba --window 2 --global-layers 1"])
 def test_cuda_graph_steps_equal_eager_steps(tmp_path, model):
     """Training replayed from a CUDA graph takes the same steps as eager training: same seed,
-    same batches, so the evaluation losses agree (up to float32 summation order in atomics)."""
+    same batches, so the evaluation losses agree (up to float32 summation order in atomics).
+    The windowed Hymba case failed to capture while its attention mask asked the host whether
+    the window covered everything."""
     hist = {}
     for mode in ("eager", "graph"):
         out = tmp_path / mode
-        argv = ["--model", model, "--task", "mqar", *TINY, "--seq-len", "64", "--num-kv", "8", "--vocab", "64",
-                "--steps", "60", "--eval-every", "20", "--amp", "none", "--no-save", "--out", str(out)]
+        argv = ["--model", *model.split(), "--task", "mqar", *TINY, "--seq-len", "64", "--num-kv", "8",
+                "--vocab", "64", "--steps", "60", "--eval-every", "20", "--amp", "none", "--no-save", "--out", str(out)]
         assert lm_main(argv + (["--cuda-graph"] if mode == "graph" else [])) == 0
         hist[mode] = [r["eval_loss"] for r in json.loads((out / "metrics.json").read_text())["history"]]
     assert len(hist["eager"]) == len(hist["graph"]) == 4
@@ -167,3 +169,45 @@ def test_no_rope_reaches_every_attention_layer(model):
         m = build_model(args, 32)
         ropes[bool(flag)] = {a.rope for a in m.modules() if isinstance(a, CausalSelfAttention)}
     assert ropes == {False: {True}, True: {False}}
+
+
+def test_hymba_global_layers_set_which_layers_attend_locally():
+    from vscan.tools.lm import build_model, build_parser
+    windows = {}
+    for extra in ([], ["--window", "2"], ["--window", "2", "--global-layers", "1"], ["--global-layers", ""]):
+        args = build_parser().parse_args(["--model", "hymba", "--d-model", "16", "--heads", "2", "--n-layers", "3",
+                                          *extra])
+        windows[" ".join(extra)] = [blk.mixer.attn.window for blk in build_model(args, 32).layers]
+    # default: first, middle and last layer global, so a 3-layer model has no local layer at all
+    assert windows == {"": [None] * 3, "--window 2": [None] * 3, "--window 2 --global-layers 1": [2, None, 2],
+                       "--global-layers ": [None] * 3}
+    args = build_parser().parse_args(["--model", "hymba", "--d-model", "16", "--heads", "2", "--global-layers", "3"])
+    with pytest.raises(ValueError, match="global_attn_idx"):
+        build_model(args, 32)
+
+
+@pytest.mark.parametrize("window", [1, 3, 40])
+def test_cache_free_windowed_attention_makes_no_host_sync(monkeypatch, window):
+    """The cache-free forward of a sliding-window layer builds its mask without asking the host
+    anything (a CUDA graph cannot capture that), and still equals attention written out."""
+    from vscan.layers.attention import CausalSelfAttention
+    torch.manual_seed(0)
+    att = CausalSelfAttention(16, num_heads=2, window=window, rope=True).double()
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+
+    def no_sync(self):
+        raise AssertionError("host sync in a cache-free forward")
+    monkeypatch.setattr(torch.Tensor, "__bool__", no_sync)
+    monkeypatch.setattr(torch.Tensor, "item", no_sync)
+    y = att(x)
+    monkeypatch.undo()
+    from vscan.layers.attention import rotary
+    pos = torch.arange(12)
+    q = rotary(att.q_proj(x).view(2, 12, 2, 8).transpose(1, 2), pos, att.rope_theta)
+    k = rotary(att.k_proj(x).view(2, 12, 2, 8).transpose(1, 2), pos, att.rope_theta)
+    v = att.v_proj(x).view(2, 12, 2, 8).transpose(1, 2)
+    s = q @ k.transpose(-1, -2) / 8 ** 0.5
+    qp, kp = pos[:, None], pos[None, :]
+    s = s.masked_fill(~((kp <= qp) & (qp - kp < window)), float("-inf"))
+    want = (s.softmax(-1) @ v).transpose(1, 2).reshape(2, 12, 16)
+    assert torch.allclose(y, att.o_proj(want), atol=1e-12)

@@ -114,13 +114,14 @@ def rotary(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-def attention_mask(q_pos, k_pos, window: int | None, sink: int):
-    """Boolean (T, S) visibility from positions (see the module docstring); None when all visible."""
+def attention_mask(q_pos, k_pos, window: int | None, sink: int, none_if_full: bool = True):
+    """Boolean (T, S) visibility from positions (see the module docstring). With ``none_if_full``
+    None when all is visible, which costs a host sync to find out."""
     qp, kp = q_pos[:, None], k_pos[None, :]
     allowed = (kp >= 0) & (kp <= qp)
     if window is not None:
         allowed &= ((qp - kp) < window) | (kp < sink)
-    return None if bool(allowed.all()) else allowed
+    return None if none_if_full and bool(allowed.all()) else allowed
 
 
 @register_mixer("causal_attention")
@@ -176,8 +177,10 @@ class CausalSelfAttention(nn.Module):
     def _mask(self, view: KVView):
         if view.q_pos.shape[0] == 1:   # one query attends over a cache view: all of it is in range
             return None, False
-        if self.window is None and view.k_pos is view.q_pos:
-            return None, True          # no cache: keys are the queries, plain causal (no host sync)
+        if view.k_pos is view.q_pos:   # no cache: keys are the queries; no host sync (CUDA graphs)
+            if self.window is None:
+                return None, True      # plain causal
+            return attention_mask(view.q_pos, view.k_pos, self.window, self.sink, none_if_full=False), False
         if (self.window is None and view.k.shape[2] == view.q_pos.shape[0] and view.q_pos.shape[0] > 1
                 and bool((view.k_pos == view.q_pos).all())):
             return None, True
