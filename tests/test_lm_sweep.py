@@ -142,3 +142,15 @@ def test_hymba_args_reach_the_hymba_runs_only():
         assert args.attn_scale == (0.5 if r["model"] == "hymba" else 1.0)
     model = build_model(lm_parser().parse_args(hymba[0]["argv"]), 512)
     assert all(type(blk.mixer.attn_norm).__name__ == "ChannelScale" for blk in model.layers)
+
+
+def test_default_hymba_style_has_a_local_first_layer():
+    """The sweep's Hymba-style runs default to a 2-token window in layer 0 and a global layer 1
+    (the configuration that learns recall); --hymba-args '' gives two global layers."""
+    from vscan.tools.lm import build_model, build_parser as lm_parser
+    mod = _load()
+    for given, want in ((None, [2, None]), ("", [None, None])):
+        argv = [] if given is None else ["--hymba-args", given]
+        hymba = [r for r in mod.plan(mod.build_parser().parse_args(argv)) if r["model"] == "hymba"]
+        model = build_model(lm_parser().parse_args(hymba[0]["argv"]), 512)
+        assert [blk.mixer.attn.window for blk in model.layers] == want

@@ -31,7 +31,8 @@ Settings, and why (Zoology, Arora et al. 2023; ../shared/reference/text_ltc.md s
 
 * 2 layers, no MLP, d_state 16, expand 2, 2 heads; Jamba-style = [Mamba, attention]
   (attention without positions, as in Jamba), Hymba-style = 2 parallel attention+SSM
-  layers, both global, no meta tokens; attention = 2 RoPE attention layers.
+  layers, the first with sliding-window attention over 2 tokens and the last global, no meta
+  tokens; attention = 2 RoPE attention layers.
 * Vocabulary 512 with zeros between the queries (``--zero-fill``, Zoology Figure 2's fill;
   Zoology's vocabulary is 8192). A small vocabulary learns far faster: on this CPU, 2-layer
   attention, d 64, MQAR 64/8, batch 64, lr 3e-3 reached 0.993 in 1250 steps at V=512 and
@@ -51,10 +52,13 @@ Settings, and why (Zoology, Arora et al. 2023; ../shared/reference/text_ltc.md s
   split evenly over them) and still evaluates each cell at its own count: the training mix of
   Based's MQAR sweep (text_ltc.md section 3.3), where the small counts teach the recall circuit
   first. Without it each cell trains on its own count alone, as in Zoology's Figure 2.
-* ``--hymba-args '--no-attn-norm'`` passes lm.py arguments to the Hymba-style runs only. At
-  these sizes the Hymba-style hybrid learned recall only in runs without the RMSNorm on its
-  attention branch: in about half of those at 16 key-value pairs, and not at 64
-  (model_zoo/lm_results.md, runs 9-10).
+* ``--hymba-args`` passes lm.py arguments to the Hymba-style runs only; its default is
+  ``--window 2 --global-layers 1``. With both layers global (``--hymba-args ''``, Hymba's own
+  rule of global first, middle and last layers) the Hymba-style hybrid did not learn recall at
+  these sizes: the first layer's attention branch, normalised and spread over the whole prefix,
+  adds a unit-size average of the context to every position. A 2-token window makes that
+  branch a previous-token mixer, which is what the second layer's recall needs
+  (model_zoo/lm_results.md, runs 9-11).
 * Induction heads: vocabulary 16, batch 128 (the paper's 8 gives one labelled token per
   sequence, so a larger batch buys signal per step at no extra step time on a GPU), lr 2e-3,
   no weight decay (the paper: Adam, no decay), weight 3 in the time split; it stops early only
@@ -92,6 +96,7 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_FIRST = ("jamba", "hymba", "attention", "mamba")      # early stoppers before Mamba
+HYMBA_STYLE = "--window 2 --global-layers 1"                 # local first layer, global last (docstring)
 INDUCTION_LENGTHS = (512, 1024, 2048, 4096)
 
 
@@ -311,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-kvs", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    help="train every MQAR cell on this mix of key-value counts (lm.py --train-kv), e.g. "
                         "4,8,16,32,64; each cell is still evaluated at its own count")
-    g.add_argument("--hymba-args", default="",
-                   help="extra lm.py arguments for the Hymba-style runs, e.g. '--no-attn-norm'")
+    g.add_argument("--hymba-args", default=HYMBA_STYLE,
+                   help="lm.py arguments for the Hymba-style runs only ('' for two global layers)")
     g.add_argument("--batch", type=int, default=256)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--lrs", type=lambda s: [float(v) for v in s.split(",")], default=None,

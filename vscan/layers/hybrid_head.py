@@ -8,17 +8,18 @@ output projection maps back to d_model::
 Both branches work at width ``d_inner = expand * d_model``; attention heads have
 ``head_dim = d_inner / num_heads`` as in Hymba.
 
-``attn_norm=False`` replaces the attention branch's RMSNorm by a learnable per-channel scale
-alone (no normalisation). Why it exists: at small scale (d_model 64-128, 2 layers, MQAR) the
-normalised attention branch never learns to recall. While attention is still diffuse its
-output is an average over many values, small and nearly the same at every position; the
-RMSNorm blows that up to unit size (and every update of the attention weights with it, by
-the same factor), and training settles where the attention heads sit on a fixed "sink"
-position and the SSM branch answers alone. Without the norm the diffuse output stays small;
-recall was then learned in about half the runs at 16 key-value pairs, and not at 64
-(model_zoo/lm_results.md, runs 9-10). ``attn_scale`` / ``ssm_scale`` set the initial value of
-the two branch scales (Hymba: 1 and 1); ``attn_scale=None`` with
-``attn_norm=False`` passes the attention output on as it is (no scale parameter).
+At small scale (d_model 64-128, 2 layers, MQAR) the layer placement matters more than the
+norm. With every layer's attention global, the Hymba-style model never learned recall: the
+first layer's normalised attention branch adds, at unit size, an average over the whole prefix
+to every position, which drowns the previous-token signal the next layer's keys need. A short
+sliding window in the first layer (``window=2``; Hymba's SWA layers) turns that branch into a
+previous-token mixer, and recall is learned with the norm kept (model_zoo/lm_results.md,
+run 11). ``attn_norm=False`` replaces the attention branch's RMSNorm by a learnable
+per-channel scale alone (no normalisation), the earlier, weaker fix: with two global layers it
+let recall be learned in about half the runs at 16 key-value pairs and not at 64 (runs 9-10).
+``attn_scale`` / ``ssm_scale`` set the initial value of the two branch scales (Hymba: 1 and 1);
+``attn_scale=None`` with ``attn_norm=False`` passes the attention output on as it is (no scale
+parameter).
 """
 from __future__ import annotations
 

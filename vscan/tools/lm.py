@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
     g.add_argument("--d-ff", type=int, default=0, help="MLP / expert width; 0 = no MLP (Zoology's MQAR setting)")
     g.add_argument("--window", type=int, default=None, help="sliding window (attention: all layers; hymba: local layers)")
+    g.add_argument("--global-layers", type=_int_list, default=None,
+                   help="hymba: layers with full attention, e.g. 1 (default: first, middle and last); the others "
+                        "use --window")
     g.add_argument("--meta-tokens", type=int, default=0, help="hymba: learnable meta tokens")
     g.add_argument("--no-rope", action="store_true",
                    help="attention / hymba: no rotary positions (Jamba's attention never has them)")
@@ -143,7 +146,8 @@ def build_model(args, vocab_size: int):
                        pad_token_id=None, bos_token_id=None, eos_token_id=None, tie_word_embeddings=True)
     return HymbaLM(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=n, num_attention_heads=args.heads,
                    num_key_value_heads=kv, intermediate_size=args.d_ff, num_memory_tokens=args.meta_tokens,
-                   sliding_window=args.window, mamba_d_state=args.d_state, mamba_d_conv=args.d_conv,
+                   sliding_window=args.window, global_attn_idx=getattr(args, "global_layers", None),
+                   mamba_d_state=args.d_state, mamba_d_conv=args.d_conv,
                    mamba_expand=args.expand, max_position_embeddings=max_len, rope=not getattr(args, "no_rope", False),
                    attn_output_norm=not getattr(args, "no_attn_norm", False),
                    attn_output_scale=getattr(args, "attn_scale", 1.0), ssm_output_scale=getattr(args, "ssm_scale", 1.0),
