@@ -53,7 +53,7 @@ from .scan_fwd import LOG2E, _channel_vector, _softplus
 LN2 = tl.constexpr(0.6931471805599453)
 
 # SEGMENT_ARGS: the host picks the segment split per launch from the compiled kernel's occupancy
-# (kernels/selective_scan.py, _seq_segments), so the integer arguments that follow from it (the
+# (kernels/selective_scan.py, _segments), so the integer arguments that follow from it (the
 # split itself and the strides of buffers sized by it) are not specialised on: the kernel
 # compiled before the split is chosen is the one that runs.
 
@@ -330,7 +330,6 @@ def scan_fwd_seq_kernel(
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr, SAVE_ALL: tl.constexpr,
     HAS_IDX: tl.constexpr, OUT_ATOMIC: tl.constexpr, LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1,
-    AHEAD: tl.constexpr = 1,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -367,21 +366,14 @@ def scan_fwd_seq_kernel(
         slot0 = pid_s * 2 + c_begin % 2
     h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
     dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)
-    # software prefetch: the loads of step t + AHEAD are issued before step t's arithmetic, so
-    # their latency hides behind it (nothing they read depends on the state); AHEAD = 2 keeps a
-    # second step of loads in flight (VSCAN_SCAN_FWD_AHEAD, an experiment)
+    # software prefetch: the loads of step t + 1 are issued before step t's arithmetic, so their
+    # latency hides behind it (nothing they read depends on the state). Two steps ahead measured
+    # slower on an H200 (forward +6% to +41%; results/bench_scan_split_h200/).
     LOAD_C: tl.constexpr = C_VARY and MODE == 0
     LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
     r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
         t_begin, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask, offs_r, rmask,
         g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
-    if AHEAD == 2:
-        r_m, u_m, dt_m, B_m, C_m, z_m = _fwd_step_loads(
-            tl.minimum(t_begin + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
-            offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
-            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
-    else:
-        r_m, u_m, dt_m, B_m, C_m, z_m = r_n, u_n, dt_n, B_n, C_n, z_n
     for t in range(t_begin, t_end):
         r = r_n
         u = u_n
@@ -389,15 +381,10 @@ def scan_fwd_seq_kernel(
         Bt = B_n
         Ct = C_n
         zz = z_n
-        r_l, u_l, dt_l, B_l, C_l, z_l = _fwd_step_loads(
-            tl.minimum(t + AHEAD, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
+        r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
+            tl.minimum(t + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
             offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
             HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
-        if AHEAD == 2:      # step t + 1's loads move up; step t + 2's join the queue
-            r_n, u_n, dt_n, B_n, C_n, z_n = r_m, u_m, dt_m, B_m, C_m, z_m
-            r_m, u_m, dt_m, B_m, C_m, z_m = r_l, u_l, dt_l, B_l, C_l, z_l
-        else:
-            r_n, u_n, dt_n, B_n, C_n, z_n = r_l, u_l, dt_l, B_l, C_l, z_l
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
         if MODE == 1:
             dtsum += dt

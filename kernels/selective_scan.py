@@ -28,7 +28,7 @@ FWD_TILE = (64, 16, 2)
 BWD_TILE = (32, 16, 2)
 # Sequential: (BLOCK_T = chunk-state interval, num_warps, backward SUB, programs per SM);
 # BLOCK_D = 32 * num_warps. On a GPU the segment split comes from the compiled kernels'
-# occupancy (_seq_segments below); "programs per SM" is the fallback where that cannot be read.
+# occupancy (_segments below); "programs per SM" is the fallback where that cannot be read.
 # Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D[,NSPLIT]]" (a smaller BLOCK_D gives tests
 # several channel blocks on tiny shapes; NSPLIT > 1 splits the N states of the backward over that
 # many programs, see scan_bwd_seq_kernel).
@@ -64,9 +64,6 @@ SEQ_BWD_LEAN = (1, 128)
 # (after the layout fix) the lean SS2D layer at N = 16 took 37.1 vs 44.5 ms with and without it;
 # results/bench_scan_layout_h200/.
 SEQ_LANE_SUM = True
-# Sequential forward: the loads of step t + SEQ_FWD_AHEAD are issued before step t's arithmetic
-# (1 or 2; VSCAN_SCAN_FWD_AHEAD overrides).
-SEQ_FWD_AHEAD = 1
 
 
 def _kernel_kind(N: int) -> str:
@@ -100,17 +97,6 @@ def _lane_sum(device: torch.device, bd: int, warps: int) -> bool:
         raise ValueError(f"VSCAN_SCAN_LANESUM: expected 0 or 1, got {env!r}")
     on = SEQ_LANE_SUM if env is None else env.strip() == "1"
     return on and device.type == "cuda" and bd == 32 and warps == 1
-
-
-def _fwd_ahead() -> int:
-    """How many steps ahead the sequential forward issues its loads (VSCAN_SCAN_FWD_AHEAD, 1 or 2;
-    default SEQ_FWD_AHEAD)."""
-    env = os.environ.get("VSCAN_SCAN_FWD_AHEAD")
-    if env is None:
-        return SEQ_FWD_AHEAD
-    if env.strip() not in ("1", "2"):
-        raise ValueError(f"VSCAN_SCAN_FWD_AHEAD: expected 1 or 2, got {env!r}")
-    return int(env)
 
 
 def _seq_tile(lean: bool = False):
@@ -156,15 +142,21 @@ def _split_for_target(n_chunks: int, rows: int, target: int) -> tuple[int, int]:
     return triton.cdiv(n_chunks, cps), cps
 
 
-# Segment split of the sequential kernels, per launch (forward and backward each choose their
-# own). A launch runs rows x segments one-warp programs, each walking cps chunks; the GPU holds
-# `resident` of them at once (what the compiled kernel's registers allow: 8 per SM for the
-# backward at N = 16, which takes 255 registers). Programs run in waves, so a launch costs about
-# waves x the steps of its longest segment, times (1 + SEQ_MODE1_COST) when split, for the
-# summary pass a split needs (MODE 1: a segment's end state or carry from zero). The split that
-# was a fixed 16 programs per SM put the backward of the text shape (8, 2048, 2048, 16) into 2560
-# programs, three waves of which the last ran 42% full; 2 segments (1024 programs) fit one wave.
-SEQ_MODE1_COST = (0.6, 0.2)    # forward, backward: a summary-pass step relative to a main-pass step
+# Segment split of the sequential kernels, per launch. A launch runs rows x segments one-warp
+# programs, each walking cps chunks; the GPU holds `resident` of them at once (what the compiled
+# kernel's registers allow: on an H200 at N = 16, 25 per SM for the forward and 8 for the
+# backward, which takes 255 registers).
+# Forward: the split with the least waves x steps of its longest segment, times
+# (1 + SEQ_FWD_MODE1_COST) when split, for the summary pass a split needs (MODE 1: a segment's
+# end state from zero). On an H200 this beat the earlier fixed 16 programs per SM at all four
+# bench shapes (forward 3-15% faster; results/bench_scan_split_h200/).
+# Backward: about SEQ_BWD_WAVES waves of resident programs (at N = 16 on 132 SMs the same split
+# as the old 16 per SM). The wave model above picked one wave for the backward (text: 2
+# segments, long: 11), which measured 6% and 10% slower there than 5 and 22 segments (2.4 and
+# 2 waves) in the same run: more programs than slots paid, although the model counts a partial
+# wave as a whole one.
+SEQ_FWD_MODE1_COST = 0.6       # a summary-pass step relative to a main-pass step
+SEQ_BWD_WAVES = 2
 
 
 @functools.lru_cache(maxsize=256)
@@ -231,7 +223,7 @@ def _segments(pr, which: int, rows: int, kernel, probe, kwargs) -> tuple[int, in
     program rows (channel blocks x splits x batch rows); ``probe()`` gives the main pass's
     arguments (buffers sized by the split as dtypes), built only when the model needs them. The
     chunked kernels keep the plan's split (their backward reuses the forward's segment sums); the
-    sequential ones on a GPU use the occupancy model above; the interpreter runs one segment
+    sequential ones on a GPU use the occupancy rules above; the interpreter runs one segment
     unless VSCAN_SCAN_TARGET_PROGRAMS forces more."""
     p = pr.p
     resident = None
@@ -241,7 +233,8 @@ def _segments(pr, which: int, rows: int, kernel, probe, kwargs) -> tuple[int, in
     elif target is not None:
         split = _split_for_target(p["n_chunks"], rows, target)
     elif pr.u.is_cuda and (resident := _resident_programs(kernel, probe(), kwargs, pr.u.device)):
-        split = _seq_segments(pr.L, p["bt"], rows, resident, SEQ_MODE1_COST[which])
+        split = (_seq_segments(pr.L, p["bt"], rows, resident, SEQ_FWD_MODE1_COST) if which == 0
+                 else _split_for_target(p["n_chunks"], rows, SEQ_BWD_WAVES * resident))
     else:
         split = p["n_seg"], p["cps"]
     LAST_SPLIT[which] = dict(n_seg=split[0], cps=split[1], rows=rows, resident=resident, L=pr.L, bt=p["bt"])
@@ -353,10 +346,6 @@ class _Problem:
                      LOWRANK=self.W32 is not None, BLOCK_R=triton.next_power_of_2(self.rank))
         return f
 
-    def fwd_flags(self):
-        """The forward kernel's own flags: the sequential forward's prefetch distance."""
-        return dict(AHEAD=_fwd_ahead()) if self.p["kind"] == "sequential" else {}
-
     def opt(self, t):
         """A dummy pointer for an absent optional tensor (never read: its flag is off)."""
         return t if t is not None else self.A32
@@ -369,7 +358,7 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
     seq = p["kind"] == "sequential"
     f32 = dict(device=dev, dtype=torch.float32)
     zz = pr.opt(pr.z)
-    common = dict(pr.flags(), num_warps=p["warps"], **pr.fwd_flags())
+    common = dict(pr.flags(), num_warps=p["warps"])
     if seq:
         kernel = scan_fwd_seq_kernel
         ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out,

@@ -112,7 +112,7 @@ def test_lane_sum_is_planned_on_cuda(monkeypatch):
 
 def test_segment_split_follows_the_compiled_kernels(monkeypatch):
     """Forward and backward each split the sequence by the occupancy of their compiled kernel
-    (registers -> programs per SM; kernels/selective_scan.py, _seq_segments). On this small
+    (registers -> programs per SM; kernels/selective_scan.py, _segments). On this small
     problem the GPU is nearly idle, so both put every chunk in its own segment, and the
     correctness tests above run the backward's own segment sums."""
     from vscan.kernels import selective_scan as ss
@@ -128,6 +128,7 @@ def test_segment_split_follows_the_compiled_kernels(monkeypatch):
     for which in (0, 1):
         s = ss.LAST_SPLIT[which]
         assert s["resident"] and s["resident"] % sms == 0, s
-        assert (s["n_seg"], s["cps"]) == ss._seq_segments(s["L"], s["bt"], s["rows"], s["resident"],
-                                                          ss.SEQ_MODE1_COST[which])
+        want = (ss._seq_segments(s["L"], s["bt"], s["rows"], s["resident"], ss.SEQ_FWD_MODE1_COST) if which == 0
+                else ss._split_for_target(-(-s["L"] // s["bt"]), s["rows"], ss.SEQ_BWD_WAVES * s["resident"]))
+        assert (s["n_seg"], s["cps"]) == want, s
         assert s["n_seg"] == -(-s["L"] // s["bt"]) > 1, s

@@ -50,7 +50,6 @@ CASES = [  # (b, L, d, N, G, vary, opts, segments)
 # chunked (T, D, warps) and sequential (T, warps, SUB, programs/SM, BLOCK_D[, NSPLIT]); the
 # sequential backward also with its N states split over 2 programs.
 KERNELS = {"sequential": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4"),
-           "sequential-ahead2": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4"),   # forward loads 2 steps ahead
            "sequential-nsplit2": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4,2"),
            "chunked": ("chunked", "VSCAN_SCAN_TILES", "16,4,1;16,4,1")}
 MATRIX = [(k, dt) for k in KERNELS for dt in ("fp32", "bf16") if (k, dt) != ("chunked", "bf16")]
@@ -60,8 +59,6 @@ def _keep(case, kernel, dtype_name):
     """The N-split backward on the cases that exercise it (a state tile past the first, N not a
     power of two, groups straddled, constant B/C, segments), fp32 and one bf16: the interpreter
     runs twice the programs, and the long segmented case alone would take a minute."""
-    if kernel == "sequential-ahead2":
-        return dtype_name == "fp32"
     if kernel != "sequential-nsplit2":
         return True
     return case[1] != 70 and (dtype_name == "fp32" or case[3] == 3)
@@ -83,7 +80,6 @@ def test_triton_matches_reference(case, kernel, dtype_name, monkeypatch):
     kind, var, tile = KERNELS[kernel]
     monkeypatch.setenv("VSCAN_SCAN_KERNEL", kind)
     monkeypatch.setenv(var, tile)
-    monkeypatch.setenv("VSCAN_SCAN_FWD_AHEAD", "2" if kernel == "sequential-ahead2" else "1")
     x = make(b, L, d, N, G, vary, opts, dtype, seed=L + d)
     g = torch.Generator().manual_seed(1)
     gy, gl = torch.randn(b, L, d, generator=g), torch.randn(b, d, N, generator=g)
@@ -139,14 +135,19 @@ def _brute_segments(L, bt, rows, resident, mode1_cost):
 
 
 def test_segment_split_fits_waves():
-    """The sequential kernels' split (rows x segments programs, in waves of `resident`): the
-    shapes of issue 2 on an H100/H200 (132 SMs, 8 backward programs per SM at N = 16), and the
-    search over distinct chunks-per-segment values against trying every split."""
-    from vscan.kernels.selective_scan import _seq_segments
-    assert _seq_segments(2048, 64, 512, 1056, 0.2) == (2, 16)     # text: one wave of 1024, not 3 of 2560
-    assert _seq_segments(16384, 64, 96, 1056, 0.2) == (11, 24)    # long: one full wave
-    assert _seq_segments(197, 64, 1536, 1056, 0.2) == (1, 4)      # vim-s-224: 2 waves of 197 steps
-    assert _seq_segments(256, 64, 4, 1056, 0.2) == (4, 1)         # an idle GPU: a segment per chunk
+    """The sequential forward's split (rows x segments programs, in waves of `resident`): the
+    shapes of issue 2 on an H200 (132 SMs, 25 forward programs per SM at N = 16; the splits
+    results/bench_scan_split_h200 recorded), and the search over distinct chunks-per-segment
+    values against trying every split. The backward's rule: about two waves."""
+    from vscan.kernels.selective_scan import SEQ_BWD_WAVES, _seq_segments, _split_for_target
+    assert _seq_segments(2048, 64, 512, 3300, 0.6) == (32, 1)     # text: 5 waves of one-chunk segments
+    assert _seq_segments(16384, 64, 96, 3300, 0.6) == (32, 8)     # long: one wave of 3072
+    assert _seq_segments(197, 64, 1536, 3300, 0.6) == (1, 4)      # vim-s-224: 1536 programs already
+    assert _seq_segments(4097, 64, 192, 3300, 0.6) == (17, 4)     # vim-s-1024
+    assert _seq_segments(256, 64, 4, 3300, 0.6) == (4, 1)         # an idle GPU: a segment per chunk
+    # the backward (8 programs per SM): 5 and 22 segments for text and long, as measured fastest
+    assert [_split_for_target(-(-L // 64), rows, SEQ_BWD_WAVES * 1056)
+            for L, rows in ((2048, 512), (16384, 96), (197, 1536))] == [(5, 7), (22, 12), (2, 2)]
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
         L, bt, rows, resident = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (9000, 80, 3000, 3000))

@@ -134,18 +134,15 @@ def time_shape(name, shape, with_ref=True):
 
 def use_kernel(kind, tile=None):
     """Select the kernel family and, for the sequential kernels, a tile ('T,W,SUB,P' ->
-    VSCAN_SCAN_SEQ), a backward variant ('bwd:P,R' -> VSCAN_SCAN_BWD), a fixed segment target
-    ('target:F[,B]' -> VSCAN_SCAN_TARGET_PROGRAMS) or the forward's prefetch distance ('ahead:2'
-    -> VSCAN_SCAN_FWD_AHEAD); None: the defaults."""
+    VSCAN_SCAN_SEQ), a backward variant ('bwd:P,R' -> VSCAN_SCAN_BWD) or a fixed segment target
+    ('target:F[,B]' -> VSCAN_SCAN_TARGET_PROGRAMS); None: the defaults."""
     os.environ["VSCAN_SCAN_KERNEL"] = kind
-    for var in ("VSCAN_SCAN_SEQ", "VSCAN_SCAN_BWD", "VSCAN_SCAN_TARGET_PROGRAMS", "VSCAN_SCAN_FWD_AHEAD"):
+    for var in ("VSCAN_SCAN_SEQ", "VSCAN_SCAN_BWD", "VSCAN_SCAN_TARGET_PROGRAMS"):
         os.environ.pop(var, None)
     if tile and tile.startswith("bwd:"):
         os.environ["VSCAN_SCAN_BWD"] = tile[4:]
     elif tile and tile.startswith("target:"):
         os.environ["VSCAN_SCAN_TARGET_PROGRAMS"] = tile[7:]
-    elif tile and tile.startswith("ahead:"):
-        os.environ["VSCAN_SCAN_FWD_AHEAD"] = tile[6:]
     elif tile:
         os.environ["VSCAN_SCAN_SEQ"] = tile
 
@@ -175,9 +172,7 @@ def main(argv=None):
     ap.add_argument("--no-chunked", action="store_true", help="skip the chunked kernels")
     ap.add_argument("--targets", default="",
                     help="fixed segment targets to time too, 'F[,B];...' programs (VSCAN_SCAN_TARGET_PROGRAMS; "
-                         "the split before the occupancy model was 16 per SM, 2112 on 132 SMs)")
-    ap.add_argument("--aheads", default="",
-                    help="forward prefetch distances to time too (correctness-gated), '2' (VSCAN_SCAN_FWD_AHEAD)")
+                         "the split before the occupancy rules was 16 per SM, 2112 on 132 SMs)")
     ap.add_argument("--tiles", default="",
                     help="sequential tiles to time too (correctness-gated), 'T,W,SUB,P[,BLOCK_D];...' (VSCAN_SCAN_SEQ)")
     args = ap.parse_args(argv)
@@ -193,8 +188,7 @@ def main(argv=None):
     extra_tiles = [t for t in args.tiles.split(";") if t]
     gates = ([("sequential", None)] + ([] if args.no_chunked else [("chunked", None)])
              + [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
-             + [("sequential", t) for t in extra_tiles]
-             + [("sequential", "ahead:" + a) for a in args.aheads.split(";") if a])
+             + [("sequential", t) for t in extra_tiles])
     seen = set()   # compiled kernel variants already attributed to a config (report["kernels"])
     for kind, tile in gates:
         use_kernel(kind, tile)
@@ -216,7 +210,6 @@ def main(argv=None):
     configs += [("sequential", "bwd:" + v) for v in args.bwd_variants.split(";") if v]
     configs += [("sequential", t) for t in extra_tiles]
     configs += [("sequential", "target:" + t) for t in args.targets.split(";") if t]
-    configs += [("sequential", "ahead:" + a) for a in args.aheads.split(";") if a]
     rows = []
     for kind, tile in configs:
         use_kernel(kind, tile)
