@@ -184,6 +184,10 @@ def test_hymba_global_layers_set_which_layers_attend_locally():
     args = build_parser().parse_args(["--model", "hymba", "--d-model", "16", "--heads", "2", "--global-layers", "3"])
     with pytest.raises(ValueError, match="global_attn_idx"):
         build_model(args, 32)
+    for bad in (["--model", "hymba", "--global-layers", "1"], ["--model", "attention", "--window", "2",
+                                                                "--global-layers", "1"]):
+        with pytest.raises(SystemExit, match="--global-layers is a hymba option and needs --window"):
+            lm_main([*bad, "--task", "mqar", "--steps", "1", "--device", "cpu", "--no-save"])
 
 
 @pytest.mark.parametrize("window", [1, 3, 40])

@@ -430,6 +430,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"vscan lm: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.train_kv and args.task != "mqar":
         raise SystemExit(f"vscan lm: --train-kv is an MQAR option, got --task {args.task}")
+    if args.global_layers is not None and (args.model != "hymba" or args.window is None):
+        raise SystemExit("vscan lm: --global-layers is a hymba option and needs --window (the other layers' "
+                         f"span), got --model {args.model} --window {args.window}")
     threads = torch.get_num_threads()
     try:
         res = train(args)
