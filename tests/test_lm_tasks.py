@@ -174,13 +174,14 @@ def test_no_rope_reaches_every_attention_layer(model):
 def test_hymba_global_layers_set_which_layers_attend_locally():
     from vscan.tools.lm import build_model, build_parser
     windows = {}
-    for extra in ([], ["--window", "2"], ["--window", "2", "--global-layers", "1"], ["--global-layers", ""]):
+    for extra in ([], ["--window", "2"], ["--window", "2", "--global-layers", "1"],
+                  ["--window", "2", "--global-layers", ""]):
         args = build_parser().parse_args(["--model", "hymba", "--d-model", "16", "--heads", "2", "--n-layers", "3",
                                           *extra])
         windows[" ".join(extra)] = [blk.mixer.attn.window for blk in build_model(args, 32).layers]
     # default: first, middle and last layer global, so a 3-layer model has no local layer at all
     assert windows == {"": [None] * 3, "--window 2": [None] * 3, "--window 2 --global-layers 1": [2, None, 2],
-                       "--global-layers ": [None] * 3}
+                       "--window 2 --global-layers ": [2] * 3}
     args = build_parser().parse_args(["--model", "hymba", "--d-model", "16", "--heads", "2", "--global-layers", "3"])
     with pytest.raises(ValueError, match="global_attn_idx"):
         build_model(args, 32)
