@@ -1,8 +1,10 @@
-"""CPU diagnostic: train an MQAR model for a few hundred steps; every K steps probe layer-wise
-attention (mass on value / key / self / rest, max prob) and branch output sizes."""
-import sys, json, time, math, argparse
+"""CPU diagnostic: train an MQAR model for a few hundred steps; every K steps probe each attention
+head (mass on the value / key / self) and the branch output sizes, one JSON line per probe.
+usage: [PATCH=...] python hy_diag.py NAME STEPS EVERY [vscan lm arguments]"""
+import sys, json, time
+from pathlib import Path
 import torch
-sys.path.insert(0, '/work/main/tools')
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'tools'))
 torch.set_num_threads(1)
 from vscan.tools import lm
 from lm_probe import probe
@@ -43,7 +45,6 @@ def main():
     for n, mod in m.named_modules():
         if n.endswith('attn_norm') or n.endswith('ssm_norm'):
             mod._diag_name = n; mod.register_forward_hook(hook)
-    log = []
     t0 = time.time()
     for s in range(steps + 1):
         if s % every == 0:
@@ -52,12 +53,11 @@ def main():
             m.train()
             heads = [(h['call'], h['head'], round(h['value'], 3), round(h['key'], 3), round(h['self'], 3)) for h in r['heads']]
             rec = dict(step=s, acc=round(r['acc'], 3), heads=heads, sizes={k: round(v[-1], 3) for k, v in sizes.items()}, t=round(time.time()-t0))
-            log.append(rec); print(json.dumps(rec), flush=True)
+            print(json.dumps(rec), flush=True)
         if s == steps: break
         lr = a.lr * min(1.0, (s + 1) / 100)
         for pg in opt.param_groups: pg['lr'] = lr
         x, y = task.sample(a.batch, generator=g)
         loss, acc = lm._loss_and_acc(m, x, y)
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0); opt.step()
-    json.dump(log, open(f'/tmp/hy/{name}.json', 'w'))
 main()
