@@ -227,10 +227,9 @@ def _segments(pr, which: int, rows: int, kernel, probe, kwargs) -> tuple[int, in
     unless VSCAN_SCAN_TARGET_PROGRAMS forces more."""
     p = pr.p
     resident = None
-    target = _target_override(which) if p["kind"] == "sequential" else None
     if p["kind"] != "sequential":
         split = p["n_seg"], p["cps"]
-    elif target is not None:
+    elif (target := _target_override(which)) is not None:
         split = _split_for_target(p["n_chunks"], rows, target)
     elif pr.u.is_cuda and (resident := _resident_programs(kernel, probe(), kwargs, pr.u.device)):
         split = (_seq_segments(pr.L, p["bt"], rows, resident, SEQ_FWD_MODE1_COST) if which == 0

@@ -237,9 +237,10 @@ def _flash_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=N
 def _states(b, K, L, d, N, device, grad, lean=False):
     """The sequential kernels' float32 chunk-state buffer: (b*K, ceil(L/T)+1, d, N) when the
     forward saves for backward, else a few slots (kernels/selective_scan.py ``_forward``); T is
-    the chunk of SEQ_TILE, or of SEQ_TILE_LEAN for the build with dt_proj inside the kernels."""
-    from vscan.kernels.selective_scan import SEQ_TILE, SEQ_TILE_LEAN
-    slots = math.ceil(L / (SEQ_TILE_LEAN if lean else SEQ_TILE)[0]) + 1 if grad else 2
+    the chunk of the kernels' sequential tile (``_seq_tile``: the lean one for the build with
+    dt_proj inside the kernels)."""
+    from vscan.kernels.selective_scan import _seq_tile
+    slots = math.ceil(L / _seq_tile(lean)[0]) + 1 if grad else 2
     return torch.zeros(b * K, slots, d, N, device=device, dtype=torch.float32)
 
 

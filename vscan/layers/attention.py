@@ -177,9 +177,9 @@ class CausalSelfAttention(nn.Module):
     def _mask(self, view: KVView):
         if view.q_pos.shape[0] == 1:   # one query attends over a cache view: all of it is in range
             return None, False
-        if view.k_pos is view.q_pos:   # no cache: keys are the queries; no host sync (CUDA graphs)
-            if self.window is None:
-                return None, True      # plain causal
+        if view.k_pos is view.q_pos:   # no cache: keys are the queries at 0..T-1; no host sync (CUDA graphs)
+            if self.window is None or self.window >= view.q_pos.shape[0]:
+                return None, True      # plain causal: the window covers the whole sequence
             return attention_mask(view.q_pos, view.k_pos, self.window, self.sink, none_if_full=False), False
         if (self.window is None and view.k.shape[2] == view.q_pos.shape[0] and view.q_pos.shape[0] > 1
                 and bool((view.k_pos == view.q_pos).all())):
