@@ -114,6 +114,12 @@ def time_shape(name, shape, with_ref=True):
     def fwdbwd():
         y = run_scan(x, "triton")
         torch.autograd.grad(y, list(x.values()), gy)
+    # compile this shape's kernels, then warm the GPU out of the compile's idle gap: the first
+    # shape after a configuration compiled measured 1.4-1.8x slow otherwise (H100, 2026-12-05,
+    # results/bench_scan_lanesplit_h100/)
+    fwdbwd()
+    torch.cuda.synchronize()
+    gpu_warmup(1.0)
     res = dict(fwd_ms=bench_ms(fwd))
     split_fwd = dict(LAST_SPLIT.get(0, {}))
     res["fwdbwd_ms"] = bench_ms(fwdbwd)
