@@ -58,17 +58,17 @@ LN2 = tl.constexpr(0.6931471805599453)
 # compiled before the split is chosen is the one that runs.
 
 
-def _lane_halving_ptx(m: int) -> str:
-    """PTX of the first rounds of a reduce-scatter over a warp's lanes: each lane brings m values
-    (m a power of two <= 32); in round k (lane bit 2**k, k < log2 m) a lane keeps one half of its
-    values, sends the other half to its partner and adds what it receives. Afterwards each lane
-    holds one slot, ``bitreverse(lane & (m - 1))``, summed over the m lanes that differ in the low
-    log2(m) bits, copied to all its m outputs: m - 1 shuffles, where m separate butterfly sums
-    would take 5 m. The rounds over the higher lane bits are plain butterflies (``_bfly_add``)."""
+def _lane_sum_ptx(m: int) -> str:
+    """PTX of a reduce-scatter over the 32 lanes of a warp: each lane brings m values (m a power
+    of two <= 32), and after log2(m) halving rounds (lane bit 16, 8, ...: a lane keeps one half of
+    its values, sends the other half to its partner and adds what it receives) plus the plain
+    butterfly rounds left, every lane holds the warp-wide sum of one of the m slots (slot
+    ``(lane >> (5 - log2 m)) & (m - 1)``), copied to all its m outputs. m - 1 + 5 - log2(m)
+    shuffles instead of the 5 m of m separate butterfly sums (9 vs 40 at m = 8)."""
     lines = ["{", ".reg .pred %_ls_p;", ".reg .b32 %_ls_l, %_ls_b;",
              f".reg .f32 %_ls_a<{m}>, %_ls_s, %_ls_k, %_ls_r;", "mov.u32 %_ls_l, %laneid;"]
     lines += [f"mov.f32 %_ls_a{i}, ${m + i};" for i in range(m)]
-    width, bit = m, 1
+    width, bit = m, 16
     while width > 1:
         half = width // 2
         lines += [f"and.b32 %_ls_b, %_ls_l, {bit};", "setp.ne.u32 %_ls_p, %_ls_b, 0;"]
@@ -77,28 +77,24 @@ def _lane_halving_ptx(m: int) -> str:
                       f"selp.f32 %_ls_k, %_ls_a{i + half}, %_ls_a{i}, %_ls_p;",
                       f"shfl.sync.bfly.b32 %_ls_r, %_ls_s, {bit}, 0x1f, 0xffffffff;",
                       f"add.f32 %_ls_a{i}, %_ls_k, %_ls_r;"]
-        width, bit = half, bit * 2
+        width, bit = half, bit // 2
+    while bit >= 1:
+        lines += [f"shfl.sync.bfly.b32 %_ls_r, %_ls_a0, {bit}, 0x1f, 0xffffffff;", "add.f32 %_ls_a0, %_ls_a0, %_ls_r;"]
+        bit //= 2
     lines += [f"mov.f32 ${i}, %_ls_a0;" for i in range(m)]
     return "\n".join(lines + ["}"])
 
 
-def _lane_halving_constraints(m: int) -> str:
+def _lane_sum_constraints(m: int) -> str:
     return ",".join(["=f"] * m + ["f"] * m)
 
 
-def _bfly_add_ptx(k: int) -> str:
-    """x + x of the lane whose index differs in bit k (a butterfly round)."""
-    return ("{ .reg .f32 %_bf_r; "
-            f"shfl.sync.bfly.b32 %_bf_r, $1, {k}, 0x1f, 0xffffffff; add.f32 $0, $1, %_bf_r; }}")
-
-
-_LS1, _LS1_C = tl.constexpr(_lane_halving_ptx(1)), tl.constexpr(_lane_halving_constraints(1))
-_LS2, _LS2_C = tl.constexpr(_lane_halving_ptx(2)), tl.constexpr(_lane_halving_constraints(2))
-_LS4, _LS4_C = tl.constexpr(_lane_halving_ptx(4)), tl.constexpr(_lane_halving_constraints(4))
-_LS8, _LS8_C = tl.constexpr(_lane_halving_ptx(8)), tl.constexpr(_lane_halving_constraints(8))
-_LS16, _LS16_C = tl.constexpr(_lane_halving_ptx(16)), tl.constexpr(_lane_halving_constraints(16))
-_LS32, _LS32_C = tl.constexpr(_lane_halving_ptx(32)), tl.constexpr(_lane_halving_constraints(32))
-_BF1, _BF2, _BF4, _BF8, _BF16 = (tl.constexpr(_bfly_add_ptx(k)) for k in (1, 2, 4, 8, 16))
+_LS1, _LS1_C = tl.constexpr(_lane_sum_ptx(1)), tl.constexpr(_lane_sum_constraints(1))
+_LS2, _LS2_C = tl.constexpr(_lane_sum_ptx(2)), tl.constexpr(_lane_sum_constraints(2))
+_LS4, _LS4_C = tl.constexpr(_lane_sum_ptx(4)), tl.constexpr(_lane_sum_constraints(4))
+_LS8, _LS8_C = tl.constexpr(_lane_sum_ptx(8)), tl.constexpr(_lane_sum_constraints(8))
+_LS16, _LS16_C = tl.constexpr(_lane_sum_ptx(16)), tl.constexpr(_lane_sum_constraints(16))
+_LS32, _LS32_C = tl.constexpr(_lane_sum_ptx(32)), tl.constexpr(_lane_sum_constraints(32))
 
 
 @triton.jit
@@ -107,83 +103,35 @@ def _first(a, b):
 
 
 @triton.jit
-def _bfly_add(v, K: tl.constexpr):
-    """One butterfly round on a [32] vector held one element per lane: v + v of lane ^ K."""
-    if K == 1:
-        out = tl.inline_asm_elementwise(_BF1, "=f,f", [v], dtype=tl.float32, is_pure=True, pack=1)
-    elif K == 2:
-        out = tl.inline_asm_elementwise(_BF2, "=f,f", [v], dtype=tl.float32, is_pure=True, pack=1)
-    elif K == 4:
-        out = tl.inline_asm_elementwise(_BF4, "=f,f", [v], dtype=tl.float32, is_pure=True, pack=1)
-    elif K == 8:
-        out = tl.inline_asm_elementwise(_BF8, "=f,f", [v], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        out = tl.inline_asm_elementwise(_BF16, "=f,f", [v], dtype=tl.float32, is_pure=True, pack=1)
-    return out
-
-
-@triton.jit
-def _lane_sum(x, M: tl.constexpr, CW: tl.constexpr):
-    """Sums over the channels of a one-warp block (BLOCK_D = 32, num_warps 1) of an [M, BLOCK_D]
-    tile whose M rows of a lane are held by one thread (the sequential layout), within groups of
-    CW consecutive lanes (CW = 32, or 32 / LSPLIT when a channel's states are split over lanes;
-    M <= CW). Returns (v, j, lead), each [BLOCK_D]: lane l holds v = the sum over its CW-lane group
-    of row j (tensor row, not state index); ``lead`` marks one copy of each (group, row) sum.
-    A warp reduce-scatter (``_lane_halving_ptx`` then butterflies) instead of M cross-lane sums:
-    the per-step dB / dC and low-rank dt sums took 5 shuffles per row and value, which the
-    shuffle unit (one warp instruction per clock per SM) could not keep up with."""
+def _lane_sum(x, M: tl.constexpr):
+    """Sums over the channels of a one-warp channel block (BLOCK_D = 32, num_warps 1) of an
+    [M, BLOCK_D] tile whose M rows of a channel are held by one thread (the sequential layout).
+    Returns (v, j, lead), each [BLOCK_D]: the element of channel c holds v = the sum over all 32
+    channels of row j (tensor row, not state index); ``lead`` marks one copy of each row's sum.
+    A warp reduce-scatter (``_lane_sum_ptx``) instead of M cross-lane sums: the per-step dB / dC
+    and low-rank dt sums took 5 shuffles per row and value, which the shuffle unit (one warp
+    instruction per clock per SM) could not keep up with."""
     if M == 1:
         T = tl.inline_asm_elementwise(_LS1, _LS1_C, [x], dtype=tl.float32, is_pure=True, pack=1)
-        LOG2M: tl.constexpr = 0
+        sh = 5
     elif M == 2:
         T = tl.inline_asm_elementwise(_LS2, _LS2_C, [x], dtype=tl.float32, is_pure=True, pack=2)
-        LOG2M: tl.constexpr = 1
+        sh = 4
     elif M == 4:
         T = tl.inline_asm_elementwise(_LS4, _LS4_C, [x], dtype=tl.float32, is_pure=True, pack=4)
-        LOG2M: tl.constexpr = 2
+        sh = 3
     elif M == 8:
         T = tl.inline_asm_elementwise(_LS8, _LS8_C, [x], dtype=tl.float32, is_pure=True, pack=8)
-        LOG2M: tl.constexpr = 3
+        sh = 2
     elif M == 16:
         T = tl.inline_asm_elementwise(_LS16, _LS16_C, [x], dtype=tl.float32, is_pure=True, pack=16)
-        LOG2M: tl.constexpr = 4
+        sh = 1
     else:
         T = tl.inline_asm_elementwise(_LS32, _LS32_C, [x], dtype=tl.float32, is_pure=True, pack=32)
-        LOG2M: tl.constexpr = 5
+        sh = 0
     v = tl.reduce(T, 0, _first)      # all M outputs of a thread hold its sum
-    if M < CW:                       # the lane bits above the halving rounds, inside the group
-        v = _bfly_add(v, M)
-    if 2 * M < CW:
-        v = _bfly_add(v, 2 * M)
-    if 4 * M < CW:
-        v = _bfly_add(v, 4 * M)
-    if 8 * M < CW:
-        v = _bfly_add(v, 8 * M)
-    if 16 * M < CW:
-        v = _bfly_add(v, 16 * M)
     lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,f", [v], dtype=tl.int32, is_pure=True, pack=1)
-    j = lane * 0
-    for k in tl.static_range(LOG2M):     # the slot is the bit reversal of the lane's low log2(M) bits
-        j += ((lane >> k) & 1) << (LOG2M - 1 - k)
-    return v, j, (lane % CW) < M
-
-
-@triton.jit
-def _part_sum(p, LSPLIT: tl.constexpr, BLOCK_D: tl.constexpr, ASM: tl.constexpr):
-    """Sum of a [BLOCK_D] per-lane partial over the LSPLIT lanes that share a channel (lane
-    i holds part i // (BLOCK_D / LSPLIT) of channel i % (BLOCK_D / LSPLIT)), returned to every
-    one of them: butterflies on a GPU (one warp), a reshape under the interpreter."""
-    CH: tl.constexpr = BLOCK_D // LSPLIT
-    if LSPLIT == 1:
-        out = p
-    elif ASM:
-        out = _bfly_add(p, CH)
-        if LSPLIT == 4:
-            out = _bfly_add(out, 2 * CH)
-    else:
-        s = tl.sum(tl.reshape(p, [LSPLIT, CH]), axis=0)
-        out = tl.reshape(tl.broadcast_to(s[None, :], [LSPLIT, CH]), [BLOCK_D])
-    return out
+    return v, (lane >> sh) & (M - 1), (lane & (32 // M - 1)) == 0
 
 
 @triton.jit
@@ -214,9 +162,9 @@ def _tile_index(pid_d, DIM, NSTATE, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr
 def _opaque(p, GPU: tl.constexpr):
     """The pointer(s) p, passed through an empty inline asm on a GPU. Loads at ``_opaque(row) +
     constant offsets`` then compile to one base register with immediate offsets: given ``ptr +
-    variant + constant`` with ptr loop-invariant, LLVM's LICM re-associates to hoist ``ptr +
-    constant`` out of the loop, which keeps one 64-bit pointer per element live across the loop
-    (per state of B, C and the scratch tile: about 90 of the backward's 255 registers)."""
+    variant + constant`` with ptr loop-invariant, LLVM's LICM re-associates it to hoist ``ptr +
+    constant`` out of the loop, which kept one 64-bit pointer per state of B, C and the scratch
+    tile live across the backward's loops, and an address computation per load inside them."""
     if GPU:
         q = tl.inline_asm_elementwise("mov.b64 $0, $1;", "=l,l", [p.to(tl.int64, bitcast=True)], dtype=tl.int64,
                                       is_pure=True, pack=1)
@@ -228,8 +176,8 @@ def _opaque(p, GPU: tl.constexpr):
 
 @triton.jit
 def _scratch_tile(lane_ptr, off, rows, GPU: tl.constexpr):
-    """[rows, BLOCK_D] pointers of the backward's scratch tile ``off`` elements past each lane's
-    slot ``lane_ptr`` ([BLOCK_D]); rows: the tile rows' constant offsets ([rows, 1])."""
+    """[BLOCK_N, BLOCK_D] pointers of the backward's scratch tile ``off`` elements past each
+    lane's slot ``lane_ptr`` ([BLOCK_D]); rows: the tile rows' constant offsets ([BLOCK_N, 1])."""
     return tl.max_contiguous(_opaque(lane_ptr + off, GPU)[None, :] + rows, [1, 4])      # LANES_ON_CHANNELS
 
 
@@ -258,31 +206,25 @@ def _exp2(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _state_ptrs(ptr, n2, offs_d, NSTATE):
-    """[rows, BLOCK_D] pointers into a (channels, N) row-major state / parameter block; n2 is the
-    state index tile ([rows, 1], or [rows, BLOCK_D] when lanes hold parts of a channel's states)."""
-    off = offs_d[None, :] * NSTATE + n2
+def _state_ptrs(ptr, offs_n, offs_d, NSTATE):
+    """[BLOCK_N, BLOCK_D] pointers into a (channels, N) row-major state / parameter block."""
+    off = offs_d[None, :] * NSTATE + offs_n[:, None]
     return ptr + tl.max_contiguous(off, [1, 4])      # see LANES_ON_CHANNELS
 
 
 @triton.jit
-def _step_bc(ptr, t, const, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_l, s_g,
-             VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, LSPLIT: tl.constexpr = 1, GPU: tl.constexpr = False):
-    """B or C at step t, broadcastable to the [rows, BLOCK_D] tile; the constant tile when not
-    VARY. n2 / m_nd: the state index tile and the tile's mask (see _state_ptrs); poff: the first
-    state of each lane's part (LSPLIT > 1, see _bwd_tile_index)."""
+def _step_bc(ptr, t, const, offs_n, nmask, offs_d, dmask, g0, g_d, s_l, s_g,
+             VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, GPU: tl.constexpr = False):
+    """B or C at step t, broadcastable to [BLOCK_N, BLOCK_D]; the constant tile when not VARY.
+    GPU: the row pointer goes through ``_opaque`` (the backward; the forward was not measured)."""
     # one return: compiled Triton (unlike the interpreter) rejects returns of different shapes
     if VARY:
-        if SINGLE_GROUP and LSPLIT == 1:
+        if SINGLE_GROUP:
             v = tl.load(_opaque(ptr + t * s_l + g0 * s_g, GPU) + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
-        elif SINGLE_GROUP:   # lanes hold parts of the states: a per-lane row pointer plus the state offsets
-            row = _opaque(ptr + t * s_l + g0 * s_g + poff, GPU)
-            v = tl.load(tl.max_contiguous(row[None, :] + offs_n[:, None], [1, 4]),      # LANES_ON_CHANNELS
-                        mask=m_nd, other=0.0).to(tl.float32)
         else:
-            off = g_d[None, :] * s_g + n2
+            off = g_d[None, :] * s_g + offs_n[:, None]
             v = tl.load(ptr + t * s_l + tl.max_contiguous(off, [1, 4]),      # LANES_ON_CHANNELS
-                        mask=m_nd, other=0.0).to(tl.float32)
+                        mask=nmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
     else:
         v = const
     return v
@@ -375,16 +317,17 @@ def _dt(dt_raw, dmask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _const_tile(ptr, n2, m_nd, offs_d, NSTATE, VARY: tl.constexpr):
+def _const_tile(ptr, offs_n, nmask, offs_d, dmask, NSTATE, VARY: tl.constexpr):
     if VARY:
         v = tl.zeros([1, 1], dtype=tl.float32)
     else:
-        v = tl.load(_state_ptrs(ptr, n2, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32)
+        v = tl.load(_state_ptrs(ptr, offs_n, offs_d, NSTATE), mask=nmask[:, None] & dmask[None, :],
+                    other=0.0).to(tl.float32)
     return v
 
 
 @triton.jit
-def _fwd_step_loads(t, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, n2, m_nd, offs_d, dmask,
+def _fwd_step_loads(t, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask,
                     offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
                     HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr, LOAD_B: tl.constexpr, LOAD_C: tl.constexpr,
                     LOAD_Z: tl.constexpr, SINGLE_GROUP: tl.constexpr):
@@ -392,8 +335,8 @@ def _fwd_step_loads(t, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs
     r = _row_id(idx_ptr, t, HAS_IDX)
     u = _row(u_ptr, r, s_ul, offs_d, dmask, True)
     dt = _dt_load(dt_ptr, r, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-    B = _step_bc(B_ptr, r, Bc, offs_n, nmask, n2, m_nd, 0, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
-    C = _step_bc(C_ptr, r, Cc, offs_n, nmask, n2, m_nd, 0, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
+    B = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
+    C = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
     z = _row(z_ptr, r, s_zl, offs_d, dmask, LOAD_Z)
     return r, u, dt, B, C, z
 
@@ -416,7 +359,6 @@ def scan_fwd_seq_kernel(
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
     offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N, 0)
-    n2 = offs_n[:, None]
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group
     bb, kk = _dir_split(pid_b, K_DIR)
@@ -433,11 +375,11 @@ def scan_fwd_seq_kernel(
     offs_r, rmask = _rank_index(BLOCK_R, RANK, LOWRANK)
     Wt = _lowrank_tile(W_ptr + kk * DIM * RANK, offs_r, rmask, offs_d, dmask, RANK, LOWRANK)
     st_ptr += pid_b * s_stb
-    A2 = tl.load(_state_ptrs(A_ptr, n2, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
+    A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
     bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
     Dv = _channel_vector(D_ptr, offs_d, dmask, HAS_D)
-    Bc = _const_tile(B_ptr, n2, m_nd, offs_d, NSTATE, B_VARY)
-    Cc = _const_tile(C_ptr, n2, m_nd, offs_d, NSTATE, C_VARY)
+    Bc = _const_tile(B_ptr, offs_n, nmask, offs_d, dmask, NSTATE, B_VARY)
+    Cc = _const_tile(C_ptr, offs_n, nmask, offs_d, dmask, NSTATE, C_VARY)
     c_begin = pid_s * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, n_chunks)
     t_begin = c_begin * BLOCK_T
@@ -446,7 +388,7 @@ def scan_fwd_seq_kernel(
         slot0 = c_begin
     else:
         slot0 = pid_s * 2 + c_begin % 2
-    h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, n2, offs_d, NSTATE), mask=m_nd, other=0.0)
+    h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
     dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)
     # software prefetch: the loads of step t + 1 are issued before step t's arithmetic, so their
     # latency hides behind it (nothing they read depends on the state). Two steps ahead measured
@@ -454,8 +396,8 @@ def scan_fwd_seq_kernel(
     LOAD_C: tl.constexpr = C_VARY and MODE == 0
     LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
     r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
-        t_begin, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, n2, m_nd, offs_d, dmask,
-        offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+        t_begin, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask, offs_r, rmask,
+        g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
     for t in range(t_begin, t_end):
         r = r_n
         u = u_n
@@ -465,7 +407,7 @@ def scan_fwd_seq_kernel(
         zz = z_n
         r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
             tl.minimum(t + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
-            n2, m_nd, offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
+            offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
             HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
         if MODE == 1:
@@ -483,10 +425,10 @@ def scan_fwd_seq_kernel(
             if SAVE_ALL:
                 # chunk-start states for backward; a segment's end slot belongs to the combine kernel
                 if ((t + 1) % BLOCK_T == 0) & (t + 1 < t_end):
-                    tl.store(_state_ptrs(st_ptr + ((t + 1) // BLOCK_T) * s_stc, n2, offs_d, NSTATE), h,
+                    tl.store(_state_ptrs(st_ptr + ((t + 1) // BLOCK_T) * s_stc, offs_n, offs_d, NSTATE), h,
                              mask=m_nd)
     if MODE == 1:
-        tl.store(_state_ptrs(st_ptr + (pid_s * 2 + c_end % 2) * s_stc, n2, offs_d, NSTATE), h, mask=m_nd)
+        tl.store(_state_ptrs(st_ptr + (pid_s * 2 + c_end % 2) * s_stc, offs_n, offs_d, NSTATE), h, mask=m_nd)
         tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dtsum, mask=dmask)
     else:
         if t_end == L:  # only the last segment: the final state
@@ -494,58 +436,22 @@ def scan_fwd_seq_kernel(
                 last_slot = n_chunks
             else:
                 last_slot = (n_seg - 1) * 2 + n_chunks % 2
-            tl.store(_state_ptrs(st_ptr + last_slot * s_stc, n2, offs_d, NSTATE), h, mask=m_nd)
-
-
-@triton.jit
-def _bwd_tile_index(pid_d, pid_n, DIM, NSTATE, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                    LSPLIT: tl.constexpr, EVEN_N: tl.constexpr):
-    """The backward's [BLOCK_N / LSPLIT, BLOCK_D] tile. LSPLIT = 1: lane i holds channel i and
-    all BLOCK_N states (as the forward). LSPLIT > 1: BLOCK_D / LSPLIT channels per program, lane i
-    holds part i // (BLOCK_D / LSPLIT) of the states of channel i % (BLOCK_D / LSPLIT), so a
-    thread keeps BLOCK_N / LSPLIT states. Returns the channel of every lane (offs_d), the state
-    indices of the tile's rows (offs_n, part 0) and their mask, the state index tile n2, the
-    tile's mask, the first state of the lane's part (poff) and the lanes that write per-channel
-    results (part 0)."""
-    BN_T: tl.constexpr = BLOCK_N // LSPLIT
-    CH: tl.constexpr = BLOCK_D // LSPLIT
-    local_n = _state_index(BN_T)
-    offs_n = pid_n * BLOCK_N + local_n
-    lane = tl.arange(0, BLOCK_D)
-    if LSPLIT == 1:
-        poff = tl.zeros_like(lane)
-        offs_d = pid_d * BLOCK_D + lane
-        dmask = offs_d < DIM
-        n2 = offs_n[:, None]
-        wmask = dmask
-    else:
-        part = lane // CH
-        offs_d = pid_d * CH + lane % CH
-        dmask = offs_d < DIM
-        poff = part * BN_T
-        n2 = offs_n[:, None] + poff[None, :]
-        wmask = dmask & (part == 0)
-    if EVEN_N:  # a mask of compile-time trues, folded away: no per-state mask arithmetic per step
-        nmask = local_n < BN_T
-        m_nd = nmask[:, None] & dmask[None, :]
-    else:
-        nmask = offs_n < NSTATE
-        m_nd = (n2 < NSTATE) & dmask[None, :]
-    return offs_d, offs_n, dmask, nmask, n2, m_nd, poff, wmask
+            tl.store(_state_ptrs(st_ptr + last_slot * s_stc, offs_n, offs_d, NSTATE), h, mask=m_nd)
 
 
 @triton.jit
 def _recompute(h, ta, tb, every, dst, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt, offs_r, rmask,
-               offs_n, nmask, n2, m_nd, poff, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
+               offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
-               FAST_EXP: tl.constexpr, HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr, LSPLIT: tl.constexpr):
+               FAST_EXP: tl.constexpr, HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr):
     """Walk the state forward over steps [ta, tb) from h (loads one step ahead); before every
     ``every``-th step store it to scratch tile k (dst: the lanes' slots of tile 0, s_rows the
     rows' offsets; tiles ``tile`` elements apart). Returns the state after step tb - 1."""
     r_n = _row_id(idx_ptr, ta, HAS_IDX)
     u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
     dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP, LSPLIT, FAST_EXP)
+    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP,
+                   FAST_EXP)
     for t in range(ta, tb):
         u = u_n
         _dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS)
@@ -554,7 +460,8 @@ def _recompute(h, ta, tb, every, dst, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_pt
         r_n = _row_id(idx_ptr, tn, HAS_IDX)
         u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
         dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-        B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP, LSPLIT, FAST_EXP)
+        B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP,
+                       FAST_EXP)
         if (t - ta) % every == 0:
             tl.store(_scratch_tile(dst, ((t - ta) // every) * tile, s_rows, FAST_EXP), h)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
@@ -562,28 +469,25 @@ def _recompute(h, ta, tb, every, dst, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_pt
 
 
 @triton.jit
-def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_pl, s_pg, n0, NSTATE,
-                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, LANE_SUM: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_D: tl.constexpr, LSPLIT: tl.constexpr):
-    """dB or dC at one step (row t) from the tile g: summed over this channel block and added
-    atomically into one float32 (batch, L, groups, N) buffer (one add per state when the block
-    lies in one group, per element when it straddles groups); for constant B/C summed over time
-    into the register accumulator, which is returned. One buffer instead of a partial sum per
-    channel block: at N = 16 those partials were the largest allocation of the backward (e.g.
-    2 x 616 MB for a VMamba-T stage-1 layer at batch 128). BLOCK_N: the program's states (the
-    tile holds BLOCK_N / LSPLIT of them per lane)."""
-    BN_T: tl.constexpr = BLOCK_N // LSPLIT
+def _bc_step_grad(g, acc, ptr, t, offs_n, nmask, offs_d, dmask, g0, g_d, s_pl, s_pg, n0, NSTATE,
+                  VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, LANE_SUM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dB or dC at one step (row t) from the [BLOCK_N, BLOCK_D] tile g: summed over this channel
+    block and added atomically into one float32 (batch, L, groups, N) buffer (one add per state
+    when the block lies in one group, per element when it straddles groups); for constant B/C
+    summed over time into the register accumulator, which is returned. One buffer instead of a
+    partial sum per channel block: at N = 16 those partials were the largest allocation of the
+    backward (e.g. 2 x 616 MB for a VMamba-T stage-1 layer at batch 128)."""
     if VARY:
-        if SINGLE_GROUP and LANE_SUM and BN_T > 1:   # one add per state, from the lane holding its sum
-            v, j, lead = _lane_sum(g, BN_T, BLOCK_D // LSPLIT)
-            st = n0 + poff + BN_T - 1 - j     # tensor row j is state BN_T - 1 - j of the lane's part
+        if SINGLE_GROUP and LANE_SUM and BLOCK_N > 1:   # one add per state, from the lane holding its sum
+            v, j, lead = _lane_sum(g, BLOCK_N)
+            st = n0 + BLOCK_N - 1 - j        # tensor row j is state n0 + BLOCK_N - 1 - j (_state_index)
             tl.atomic_add(ptr + t * s_pl + g0 * s_pg + st, v, mask=lead & (st < NSTATE), sem="relaxed")
-        elif SINGLE_GROUP and LSPLIT == 1:
+        elif SINGLE_GROUP:
             tl.atomic_add(ptr + t * s_pl + g0 * s_pg + offs_n, tl.sum(g, axis=1), mask=nmask, sem="relaxed")
         else:
-            off = g_d[None, :] * s_pg + n2
+            off = g_d[None, :] * s_pg + offs_n[:, None]
             tl.atomic_add(ptr + t * s_pl + tl.max_contiguous(off, [1, 4]), g,      # LANES_ON_CHANNELS
-                          mask=m_nd, sem="relaxed")
+                          mask=nmask[:, None] & dmask[None, :], sem="relaxed")
         out = acc
     else:
         out = acc + g
@@ -606,25 +510,20 @@ def scan_bwd_seq_kernel(
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
     HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr, PREFETCH_BC: tl.constexpr = True,
     LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1, NSPLIT: tl.constexpr = 1,
-    LANE_SUM: tl.constexpr = False, LSPLIT: tl.constexpr = 1,
+    LANE_SUM: tl.constexpr = False,
 ):
     # NSPLIT > 1: the N states are split over NSPLIT programs (grid axis 0 = channel block x
     # split), BLOCK_N = N / NSPLIT each, for fewer registers per thread; the sums over N (du,
     # ddelta, dz) are then added atomically into float32 buffers, and the per-channel
     # accumulators (dD, delta_bias, dW) get one slot per split.
-    # LSPLIT > 1: a program's BLOCK_N states are split over LSPLIT lanes of its warp (see
-    # _bwd_tile_index), which also cuts the registers per thread; the sums over N are finished
-    # by butterfly shuffles (_part_sum), and only part-0 lanes write per-channel results.
     pid_x = tl.program_id(0)
     pid_d = pid_x // NSPLIT
     pid_n = pid_x % NSPLIT
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
-    BN_T: tl.constexpr = BLOCK_N // LSPLIT
-    offs_d, offs_n, dmask, nmask, n2, m_nd, poff, wmask = _bwd_tile_index(
-        pid_d, pid_n, DIM, NSTATE, BLOCK_D, BLOCK_N, LSPLIT, EVEN_N)
+    offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N, pid_n)
     g_d = offs_d // ch_per_group
-    g0 = (pid_d * (BLOCK_D // LSPLIT)) // ch_per_group
+    g0 = (pid_d * BLOCK_D) // ch_per_group
     bb, kk = _dir_split(pid_b, K_DIR)
     # du is laid out like u (float32 and shared by the directions when DU_ATOMIC), ddt like dt
     u_ptr += bb * s_ub + kk * s_uk
@@ -647,21 +546,21 @@ def scan_bwd_seq_kernel(
     st_ptr += pid_b * s_stb
     carry_ptr += pid_b * s_cb
     # this program's scratch: SUB per-step state tiles, then BLOCK_T // SUB sub-chunk start tiles
-    tile = BN_T * BLOCK_D
-    per_prog: tl.constexpr = (SUB + BLOCK_T // SUB) * BN_T * BLOCK_D
+    tile = BLOCK_N * BLOCK_D
+    per_prog: tl.constexpr = (SUB + BLOCK_T // SUB) * BLOCK_N * BLOCK_D
     scratch_ptr += ((pid_b * tl.num_programs(0) + pid_x) * n_seg + pid_s) * per_prog
     s_lane = scratch_ptr + (BLOCK_D - 1 - tl.arange(0, BLOCK_D))        # each lane's slot in a tile
-    s_rows = _state_index(BN_T)[:, None] * BLOCK_D
-    A2 = tl.load(_state_ptrs(A_ptr, n2, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
+    s_rows = _state_index(BLOCK_N)[:, None] * BLOCK_D
+    A2 = tl.load(_state_ptrs(A_ptr, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0).to(tl.float32) * LOG2E
     bias = _channel_vector(bias_ptr, offs_d, dmask, HAS_BIAS)
     Dv = _channel_vector(D_ptr, offs_d, dmask, HAS_D)
     if NSPLIT > 1:  # the D*u skip term belongs to the first split only
         Dv = Dv * (pid_n == 0).to(tl.float32)
-    Bc = _const_tile(B_ptr, n2, m_nd, offs_d, NSTATE, B_VARY)
-    Cc = _const_tile(C_ptr, n2, m_nd, offs_d, NSTATE, C_VARY)
-    dA_acc = tl.zeros([BN_T, BLOCK_D], dtype=tl.float32)
-    dBc_acc = tl.zeros([BN_T, BLOCK_D], dtype=tl.float32)
-    dCc_acc = tl.zeros([BN_T, BLOCK_D], dtype=tl.float32)
+    Bc = _const_tile(B_ptr, offs_n, nmask, offs_d, dmask, NSTATE, B_VARY)
+    Cc = _const_tile(C_ptr, offs_n, nmask, offs_d, dmask, NSTATE, C_VARY)
+    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dBc_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dCc_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     if LOWRANK:
@@ -671,7 +570,7 @@ def scan_bwd_seq_kernel(
     c_begin = pid_s * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, n_chunks)
     # running dh: on entry to step t it holds a[t+1] * dh[t+1] (the carry from later steps)
-    dh = tl.load(_state_ptrs(carry_ptr + (pid_s * 2 + (c_end - 1) % 2) * s_cc, n2, offs_d, NSTATE),
+    dh = tl.load(_state_ptrs(carry_ptr + (pid_s * 2 + (c_end - 1) % 2) * s_cc, offs_n, offs_d, NSTATE),
                  mask=m_nd, other=0.0)
     dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)   # MODE 1: the segment's sum of dt, for the combine
     for i in range(0, c_end - c_begin):
@@ -680,10 +579,10 @@ def scan_bwd_seq_kernel(
         t1 = tl.minimum(t0 + BLOCK_T, L)
         n_sub = tl.cdiv(t1 - t0, SUB)
         if MODE == 0:  # pass A: the state at the start of every sub-chunk
-            h = tl.load(_state_ptrs(st_ptr + c * s_stc, n2, offs_d, NSTATE), mask=m_nd, other=0.0)
-            h = _recompute(h, t0, t1, SUB, s_lane + SUB * tile, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt,
-                           offs_r, rmask, offs_n, nmask, n2, m_nd, poff, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
-                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK, LSPLIT)
+            h = tl.load(_state_ptrs(st_ptr + c * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
+            h = _recompute(h, t0, t1, SUB, s_lane + SUB * tile, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2,
+                           bias, Wt, offs_r, rmask, offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
+                           HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)
         for j in range(0, n_sub):
             s = n_sub - 1 - j
             ts0 = t0 + s * SUB
@@ -691,9 +590,9 @@ def scan_bwd_seq_kernel(
             if MODE == 0:  # pass B: every state of the sub-chunk
                 tl.debug_barrier()
                 h = tl.load(_scratch_tile(s_lane, (SUB + s) * tile, s_rows, FAST_EXP))
-                h = _recompute(h, ts0, ts1, 1, s_lane, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias, Wt,
-                               offs_r, rmask, offs_n, nmask, n2, m_nd, poff, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl,
-                               s_Bg, HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK, LSPLIT)
+                h = _recompute(h, ts0, ts1, 1, s_lane, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
+                               Wt, offs_r, rmask, offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
+                               HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)
                 tl.debug_barrier()
             # pass C: backwards through the sub-chunk, loads of step t-1 issued before step t's math
             LOAD_B: tl.constexpr = B_VARY and MODE == 0
@@ -703,8 +602,10 @@ def scan_bwd_seq_kernel(
             dt_n = _dt_load(dt_ptr, r_n, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
             g_n = _row(dout_ptr, r_n, s_gl, offs_d, dmask, True)
             z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, HAS_Z)
-            B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP, LSPLIT, FAST_EXP)
-            C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP, LSPLIT, FAST_EXP)
+            B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP,
+                           FAST_EXP)
+            C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP,
+                           FAST_EXP)
             if MODE == 0:
                 hp_n = tl.load(_scratch_tile(s_lane, (t - ts0) * tile, s_rows, FAST_EXP))
             for k in range(0, ts1 - ts0):
@@ -719,10 +620,10 @@ def scan_bwd_seq_kernel(
                     Bt = B_n
                     Ct = C_n
                 else:  # B and C loaded at their own step: 2 x N fewer loop-carried registers
-                    Bt = _step_bc(B_ptr, r, Bc, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP,
-                                  LSPLIT, FAST_EXP)
-                    Ct = _step_bc(C_ptr, r, Cc, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP,
-                                  LSPLIT, FAST_EXP)
+                    Bt = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B,
+                                  SINGLE_GROUP, FAST_EXP)
+                    Ct = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY,
+                                  SINGLE_GROUP, FAST_EXP)
                 tp = tl.maximum(t - 1, ts0)
                 r_n = _row_id(idx_ptr, tp, HAS_IDX)
                 u_n = _row(u_ptr, r_n, s_ul, offs_d, dmask, True)
@@ -730,10 +631,10 @@ def scan_bwd_seq_kernel(
                 g_n = _row(dout_ptr, r_n, s_gl, offs_d, dmask, True)
                 z_n = _row(z_ptr, r_n, s_zl, offs_d, dmask, HAS_Z)
                 if PREFETCH_BC:
-                    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_Bl, s_Bg, LOAD_B,
-                                   SINGLE_GROUP, LSPLIT, FAST_EXP)
-                    C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, n2, m_nd, poff, g0, g_d, s_Cl, s_Cg, C_VARY,
-                                   SINGLE_GROUP, LSPLIT, FAST_EXP)
+                    B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B,
+                                   SINGLE_GROUP, FAST_EXP)
+                    C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY,
+                                   SINGLE_GROUP, FAST_EXP)
                 if HAS_Z:
                     sz = tl.sigmoid(zz)
                     dy = dout * zz * sz
@@ -749,70 +650,69 @@ def scan_bwd_seq_kernel(
                     ahp = a * hp
                     dtu = dt * u
                     ht = ahp + dtu[None, :] * Bt
-                    sum_dhB = _part_sum(tl.sum(dh * Bt, axis=0), LSPLIT, BLOCK_D, LANE_SUM)
+                    sum_dhB = tl.sum(dh * Bt, axis=0)
                     du = dt * sum_dhB
-                    dh_ahp = dh * ahp                         # shared by ddt and dA (A = A2 * ln 2)
-                    ddt = _part_sum(tl.sum(dh_ahp * A2, axis=0), LSPLIT, BLOCK_D, LANE_SUM) * LN2 + u * sum_dhB
+                    dh_ahp = dh * ahp                         # shared by ddt and dA
+                    ddt = tl.sum(dh_ahp * A2, axis=0) * LN2 + u * sum_dhB   # A = A2 * ln 2
                     dA_acc += dh_ahp * dt[None, :]
-                    dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, r, offs_n, nmask, n2, m_nd, poff,
-                                            g0, g_d, s_pl, s_pg, pid_n * BLOCK_N, NSTATE,
-                                            B_VARY, SINGLE_GROUP, LANE_SUM, BLOCK_N, BLOCK_D, LSPLIT)
-                    dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, r, offs_n, nmask, n2, m_nd, poff,
-                                            g0, g_d, s_pl, s_pg, pid_n * BLOCK_N, NSTATE,
-                                            C_VARY, SINGLE_GROUP, LANE_SUM, BLOCK_N, BLOCK_D, LSPLIT)
+                    dBc_acc = _bc_step_grad(dh * dtu[None, :], dBc_acc, dB_ptr, r, offs_n, nmask, offs_d,
+                                            dmask, g0, g_d, s_pl, s_pg, pid_n * BLOCK_N, NSTATE,
+                                            B_VARY, SINGLE_GROUP, LANE_SUM, BLOCK_N)
+                    dCc_acc = _bc_step_grad(dy[None, :] * ht, dCc_acc, dC_ptr, r, offs_n, nmask, offs_d,
+                                            dmask, g0, g_d, s_pl, s_pg, pid_n * BLOCK_N, NSTATE,
+                                            C_VARY, SINGLE_GROUP, LANE_SUM, BLOCK_N)
                     if HAS_D:
                         du += dy * Dv
                         dD_acc += dy * u
                     if HAS_Z:
-                        y = _part_sum(tl.sum(ht * Ct, axis=0), LSPLIT, BLOCK_D, LANE_SUM)
+                        y = tl.sum(ht * Ct, axis=0)
                         if HAS_D:
                             y += u * Dv
                         dz = dout * y * sz * (1.0 + zz * (1.0 - sz))    # linear in y: splits add up
                         if NSPLIT > 1:
-                            tl.atomic_add(dz_ptr + r * s_ul + offs_d, dz, mask=wmask, sem="relaxed")
+                            tl.atomic_add(dz_ptr + r * s_ul + offs_d, dz, mask=dmask, sem="relaxed")
                         else:
-                            tl.store(dz_ptr + r * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=wmask)
+                            tl.store(dz_ptr + r * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=dmask)
                     if SOFTPLUS:
                         ddt = ddt * tl.sigmoid(dt_pre)
                     ddt = tl.where(dmask, ddt, 0.0)
                     dbias_acc += ddt
                     if DU_ATOMIC or NSPLIT > 1:  # u shared by the directions / N split: add up in float32
-                        tl.atomic_add(du_ptr + r * s_ul + offs_d, du, mask=wmask, sem="relaxed")
+                        tl.atomic_add(du_ptr + r * s_ul + offs_d, du, mask=dmask, sem="relaxed")
                     else:
-                        tl.store(du_ptr + r * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=wmask)
+                        tl.store(du_ptr + r * s_ul + offs_d, du.to(du_ptr.dtype.element_ty), mask=dmask)
                     if LOWRANK:  # d(low-rank dt) = W^T ddt, summed over the block's channels; dW = ddt dt^T
-                        if LANE_SUM and BLOCK_R > 1 and BLOCK_R <= BLOCK_D // LSPLIT:
-                            ls_v, ls_row, ls_lead = _lane_sum(Wt * ddt[None, :], BLOCK_R, BLOCK_D // LSPLIT)
+                        if LANE_SUM and BLOCK_R > 1 and BLOCK_R <= 32:
+                            ls_v, ls_row, ls_lead = _lane_sum(Wt * ddt[None, :], BLOCK_R)
                             ls_r = BLOCK_R - 1 - ls_row     # tensor row j is rank BLOCK_R - 1 - j (_rank_index)
-                            tl.atomic_add(ddt_ptr + r * s_dtl + ls_r, ls_v,
-                                          mask=ls_lead & wmask & (ls_r < RANK), sem="relaxed")
-                        else:   # every part holds the whole ddt: part 0's lanes only
-                            tl.atomic_add(ddt_ptr + r * s_dtl + offs_r,
-                                          tl.sum(Wt * tl.where(wmask, ddt, 0.0)[None, :], axis=1),
+                            tl.atomic_add(ddt_ptr + r * s_dtl + ls_r, ls_v, mask=ls_lead & (ls_r < RANK),
+                                          sem="relaxed")
+                        else:
+                            tl.atomic_add(ddt_ptr + r * s_dtl + offs_r, tl.sum(Wt * ddt[None, :], axis=1),
                                           mask=rmask, sem="relaxed")
                         dW_acc += dt_cur[:, None] * ddt[None, :]
                     elif NSPLIT > 1:
-                        tl.atomic_add(ddt_ptr + r * s_dtl + offs_d, ddt, mask=wmask, sem="relaxed")
+                        tl.atomic_add(ddt_ptr + r * s_dtl + offs_d, ddt, mask=dmask, sem="relaxed")
                     else:
-                        tl.store(ddt_ptr + r * s_dtl + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=wmask)
+                        tl.store(ddt_ptr + r * s_dtl + offs_d, ddt.to(ddt_ptr.dtype.element_ty), mask=dmask)
                 dh = a * dh
-    tl.store(_state_ptrs(carry_ptr + (pid_s * 2 + (c_begin + 1) % 2) * s_cc, n2, offs_d, NSTATE), dh, mask=m_nd)
+    tl.store(_state_ptrs(carry_ptr + (pid_s * 2 + (c_begin + 1) % 2) * s_cc, offs_n, offs_d, NSTATE), dh, mask=m_nd)
     if MODE == 1:
-        tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dtsum, mask=wmask & (pid_n == 0))
+        tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dtsum, mask=dmask & (pid_n == 0))
     if MODE == 0:
         seg_off = pid_b * n_seg + pid_s
-        dn_ptrs = _state_ptrs(dA_ptr + seg_off * DIM * NSTATE, n2, offs_d, NSTATE)
+        dn_ptrs = _state_ptrs(dA_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE)
         tl.store(dn_ptrs, dA_acc, mask=m_nd)
         if not B_VARY:
-            tl.store(_state_ptrs(dB_ptr + seg_off * DIM * NSTATE, n2, offs_d, NSTATE), dBc_acc, mask=m_nd)
+            tl.store(_state_ptrs(dB_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE), dBc_acc, mask=m_nd)
         if not C_VARY:
-            tl.store(_state_ptrs(dC_ptr + seg_off * DIM * NSTATE, n2, offs_d, NSTATE), dCc_acc, mask=m_nd)
+            tl.store(_state_ptrs(dC_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE), dCc_acc, mask=m_nd)
         ch_off = seg_off * NSPLIT + pid_n     # per-channel partials: one slot per (segment, split)
         if NSPLIT > 1:
             dD_acc = dD_acc * (pid_n == 0).to(tl.float32)
-        tl.store(dD_ptr + ch_off * DIM + offs_d, dD_acc, mask=wmask)
-        tl.store(dbias_ptr + ch_off * DIM + offs_d, dbias_acc, mask=wmask)
+        tl.store(dD_ptr + ch_off * DIM + offs_d, dD_acc, mask=dmask)
+        tl.store(dbias_ptr + ch_off * DIM + offs_d, dbias_acc, mask=dmask)
         if LOWRANK:
             w_off = offs_d[None, :] * RANK + offs_r[:, None]
             tl.store(dW_ptr + ch_off * DIM * RANK + tl.max_contiguous(w_off, [1, 4]), dW_acc,    # LANES_ON_CHANNELS
-                     mask=rmask[:, None] & wmask[None, :])
+                     mask=rmask[:, None] & dmask[None, :])

@@ -50,15 +50,14 @@ SEQ_TILE_LEAN = (256, 1, 16, 16)
 # the split at N = 16, which is what its register cap and its issue-3 figures were measured with.
 SEQ_NSPLIT, SEQ_NSPLIT_MIN_N, SEQ_NSPLIT_MIN_N_LEAN = 2, 32, 16
 # Sequential backward: (prefetch B/C one step ahead in the reverse pass, register cap or 0 for
-# none, lane split S: a program's states split over S lanes of its warp, see _bwd_tile_index in
-# scan_seq.py). Overridable with VSCAN_SCAN_BWD="P,R[,S]". Without the split the reverse pass takes all 255
+# none). Overridable with VSCAN_SCAN_BWD="P,R". Without the split the reverse pass takes all 255
 # registers at N = 16 (no spills). Caps of 168 / 192 were slower on the 1-D shapes (long: 6.59 /
 # 5.70 vs 5.10 ms; results/bench_scan_layout_h200/, after the layout fix).
-SEQ_BWD = (1, 0, 1)
+SEQ_BWD = (1, 0)
 # The memory-lean build (dt_proj inside the kernels) with a cap of 128 registers: on an H200
 # (VMamba-T stage-1 SS2D, N = 16, 2026-12-02, after the layout fix) f+b 37.1 vs 45.0 ms without
 # a cap (168: 37.7, 192: 46.8); results/bench_scan_layout_h200/.
-SEQ_BWD_LEAN = (1, 128, 1)
+SEQ_BWD_LEAN = (1, 128)
 # Sequential backward: the per-step sums over a one-warp channel block (dB, dC, the low-rank dt
 # gradient) as one warp reduce-scatter each instead of a cross-lane sum per state (see
 # scan_seq._lane_sum). CUDA only (inline PTX); VSCAN_SCAN_LANESUM=0 turns it off. On an H200
@@ -87,20 +86,9 @@ def _tiles():
 
 
 def _seq_bwd(lean: bool = False):
-    """(prefetch B/C, register cap, lane split) of the sequential backward."""
     env = os.environ.get("VSCAN_SCAN_BWD")
-    if env:
-        try:
-            parts = [int(x) for x in env.split(",")]
-        except ValueError:
-            parts = []
-        if len(parts) not in (2, 3) or parts[1] < 0 or (len(parts) == 3 and parts[2] not in (1, 2, 4)):
-            raise ValueError(f"VSCAN_SCAN_BWD: expected 'P,R[,S]' (prefetch 0/1, register cap >= 0, "
-                             f"lane split 1, 2 or 4), got {env!r}")
-        prefetch, maxnreg, lsplit = (*parts, 1)[:3]
-    else:
-        prefetch, maxnreg, lsplit = SEQ_BWD_LEAN if lean else SEQ_BWD
-    return bool(prefetch), maxnreg, lsplit
+    prefetch, maxnreg = tuple(map(int, env.split(","))) if env else (SEQ_BWD_LEAN if lean else SEQ_BWD)
+    return bool(prefetch), maxnreg
 
 
 def _lane_sum(device: torch.device, bd: int, warps: int) -> bool:
@@ -270,13 +258,13 @@ def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
 def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
     kind = _kernel_kind(N)
     bn = triton.next_power_of_2(N)
-    nsplit, prefetch, maxnreg, lsplit = 1, True, 0, 1
+    nsplit, prefetch, maxnreg = 1, True, 0
     if kind == "sequential":   # ``lean``: the build with dt_proj inside the kernels (its own tile and cap)
         bt, warps, sub, per_sm, *extra = _seq_tile(lean)
         bd_pref, bwarps = (extra[0] if extra else 32 * warps), warps
         min_n = SEQ_NSPLIT_MIN_N_LEAN if lean else SEQ_NSPLIT_MIN_N
         nsplit = extra[1] if len(extra) > 1 else (SEQ_NSPLIT if bn >= min_n else 1)
-        prefetch, maxnreg, lsplit = _seq_bwd(lean)
+        prefetch, maxnreg = _seq_bwd(lean)
     else:
         (bt, bd_pref, warps), (_bbt, _bbd, bwarps) = _tiles()   # backward reuses the forward T and D
         sub, per_sm = 0, 8
@@ -289,13 +277,9 @@ def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
         raise ValueError(f"VSCAN_SCAN_SEQ: NSPLIT must be a power of two >= 1, got {nsplit}")
     nsplit = min(nsplit, bn)            # N = 1 cannot be split
     lane_sum = kind == "sequential" and _lane_sum(device, bd, bwarps)
-    # the lane split needs states left to split and, on a GPU, the one-warp shuffles of the lane sum
-    if lsplit > 1 and (bn // nsplit < lsplit or bd % lsplit or (device.type == "cuda" and not lane_sum)):
-        lsplit = 1
     return dict(kind=kind, bt=bt, bd=bd, warps=warps, bwarps=bwarps, sub=min(sub, bt), single=single,
                 bn=bn, n_chunks=n_chunks, n_blk=n_blk, n_seg=n_seg, cps=cps, nsplit=nsplit,
-                prefetch=prefetch, maxnreg=maxnreg, lane_sum=lane_sum, lsplit=lsplit,
-                n_blk_bwd=triton.cdiv(dim, bd // lsplit))
+                prefetch=prefetch, maxnreg=maxnreg, lane_sum=lane_sum)
 
 
 def _c(t):
@@ -464,11 +448,9 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
         common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=p["prefetch"], LANE_SUM=p["lane_sum"])
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
-        if p["lsplit"] > 1:
-            common["LSPLIT"] = p["lsplit"]
         if p["maxnreg"]:
             common["maxnreg"] = p["maxnreg"]
-        per_prog = (p["sub"] + p["bt"] // p["sub"]) * (p["bn"] // nsplit // p["lsplit"]) * p["bd"]
+        per_prog = (p["sub"] + p["bt"] // p["sub"]) * (p["bn"] // nsplit) * p["bd"]
     else:
         assert pr.K == 1 and pr.idx is None and not du_atomic and dout_scale == 1.0 and pr.W32 is None
         common["BLOCK_N"] = p["bn"]
@@ -487,8 +469,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
                 *pr.sB[:3], *pr.sC[:3], *st, *ps[:4])
 
     kernel = scan_bwd_seq_kernel if seq else scan_bwd_kernel
-    n_blk = p["n_blk_bwd"] if seq else p["n_blk"]      # channel blocks of the backward (fewer lanes each split)
-    rows = n_blk * nsplit * bk
+    rows = p["n_blk"] * nsplit * bk
     def probe():
         stand_in = dict(dA=torch.float32, dD=torch.float32, dbias=torch.float32, dW=torch.float32,
                         dB=varying.get("dB", torch.float32), dC=varying.get("dC", torch.float32),
@@ -504,9 +485,9 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
              dB=varying.get("dB") if pr.B_vary else torch.empty(bk, n_seg, dim, N, **f32),
              dC=varying.get("dC") if pr.C_vary else torch.empty(bk, n_seg, dim, N, **f32),
              carry=carry, s_cb=carry.stride(0),
-             scratch=torch.empty(bk * n_blk * nsplit * n_seg * per_prog, **f32) if seq else None,
+             scratch=torch.empty(bk * p["n_blk"] * nsplit * n_seg * per_prog, **f32) if seq else None,
              dtsum=torch.empty(bk, n_seg, dim, **f32) if seq else dtsum)
-    grid = (n_blk * nsplit, bk, n_seg)
+    grid = (p["n_blk"] * nsplit, bk, n_seg)
 
     def launch(mode, carry_buf):
         kernel[grid](*args(dict(b, carry=carry_buf, s_cb=carry_buf.stride(0)), n_seg, cps), MODE=mode, **common)

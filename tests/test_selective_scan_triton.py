@@ -48,27 +48,19 @@ CASES = [  # (b, L, d, N, G, vary, opts, segments)
 ]
 # Both kernel families on tiles small enough for several chunks and channel blocks:
 # chunked (T, D, warps) and sequential (T, warps, SUB, programs/SM, BLOCK_D[, NSPLIT]); the
-# sequential backward also with its N states split over 2 programs, over 2 lanes of a program
-# (VSCAN_SCAN_BWD's lane split: 2 channels of 4 lanes per program) and over both.
-KERNELS = {"sequential": ("sequential", {"VSCAN_SCAN_SEQ": "16,1,4,1,4"}),
-           "sequential-nsplit2": ("sequential", {"VSCAN_SCAN_SEQ": "16,1,4,1,4,2"}),
-           "sequential-lsplit2": ("sequential", {"VSCAN_SCAN_SEQ": "16,1,4,1,4", "VSCAN_SCAN_BWD": "1,0,2"}),
-           "sequential-n2-l2": ("sequential", {"VSCAN_SCAN_SEQ": "16,1,4,1,4,2", "VSCAN_SCAN_BWD": "1,0,2"}),
-           "chunked": ("chunked", {"VSCAN_SCAN_TILES": "16,4,1;16,4,1"})}
+# sequential backward also with its N states split over 2 programs.
+KERNELS = {"sequential": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4"),
+           "sequential-nsplit2": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4,2"),
+           "chunked": ("chunked", "VSCAN_SCAN_TILES", "16,4,1;16,4,1")}
 MATRIX = [(k, dt) for k in KERNELS for dt in ("fp32", "bf16") if (k, dt) != ("chunked", "bf16")]
 
 
 def _keep(case, kernel, dtype_name):
-    """The split backwards on the cases that exercise them (a state tile past the first, N not a
+    """The N-split backward on the cases that exercise it (a state tile past the first, N not a
     power of two, groups straddled, constant B/C, segments), fp32 and one bf16: the interpreter
-    runs twice the programs, and the long segmented case alone would take a minute. The lane
-    split also keeps the segmented case in fp32 (its summary pass), both splits fp32 only."""
-    if kernel in ("sequential", "chunked"):
+    runs twice the programs, and the long segmented case alone would take a minute."""
+    if kernel != "sequential-nsplit2":
         return True
-    if kernel == "sequential-lsplit2" and case[1] == 70:
-        return dtype_name == "fp32"
-    if kernel == "sequential-n2-l2":
-        return case[1] != 70 and dtype_name == "fp32"
     return case[1] != 70 and (dtype_name == "fp32" or case[3] == 3)
 
 
@@ -85,10 +77,9 @@ def test_triton_matches_reference(case, kernel, dtype_name, monkeypatch):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     if seg:   # forward and backward split differently (the chunked backward keeps the forward's)
         monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64,12")
-    kind, env = KERNELS[kernel]
+    kind, var, tile = KERNELS[kernel]
     monkeypatch.setenv("VSCAN_SCAN_KERNEL", kind)
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
+    monkeypatch.setenv(var, tile)
     x = make(b, L, d, N, G, vary, opts, dtype, seed=L + d)
     g = torch.Generator().manual_seed(1)
     gy, gl = torch.randn(b, L, d, generator=g), torch.randn(b, d, N, generator=g)
@@ -141,23 +132,6 @@ def _brute_segments(L, bt, rows, resident, mode1_cost):
         if best is None or cost < best[0] - 1e-9 or (abs(cost - best[0]) < 1e-9 and n_seg < best[1]):
             best = (cost, n_seg, cps)
     return best[1], best[2]
-
-
-def test_backward_lane_split_is_planned_where_states_allow(monkeypatch):
-    """VSCAN_SCAN_BWD's third field splits a program's states over lanes: the backward then runs
-    BLOCK_D / S channels per program (more channel blocks); too few states, or a block that S
-    does not divide, keep the whole-channel layout."""
-    from vscan.kernels.selective_scan import _plan
-    cpu = torch.device("cpu")
-    monkeypatch.setenv("VSCAN_SCAN_SEQ", "64,1,8,16,32,1")
-    monkeypatch.setenv("VSCAN_SCAN_BWD", "1,0,2")
-    p = _plan(256, 96, 2, 16, 96, cpu)
-    assert (p["lsplit"], p["n_blk"], p["n_blk_bwd"]) == (2, 3, 6)
-    monkeypatch.setenv("VSCAN_SCAN_BWD", "1,0,4")
-    assert _plan(256, 96, 2, 16, 96, cpu)["n_blk_bwd"] == 12
-    assert _plan(256, 96, 2, 2, 96, cpu)["lsplit"] == 1          # 2 states cannot go over 4 lanes
-    monkeypatch.setenv("VSCAN_SCAN_BWD", "1,0,1")
-    assert _plan(256, 96, 2, 16, 96, cpu)["n_blk_bwd"] == 3
 
 
 def test_segment_split_fits_waves():

@@ -48,7 +48,7 @@ def _signature(fn, consts):
 
 
 def constants(kernel: str, n: int = 16, nsplit: int = 1, lowrank: int = 0, lane_sum: bool = True,
-              block_t: int = 64, sub: int = 8, lsplit: int = 1, plain: bool = False) -> dict:
+              block_t: int = 64, sub: int = 8, plain: bool = False) -> dict:
     """The constexpr flags of a multi-direction layer's call (bf16, D, delta_bias, softplus,
     time-varying single-group B/C, an index map): what ``_Problem.flags`` would pass; with
     ``plain`` those of one 1-D scan with z gating (selective_scan, as tools/bench_scan.py runs it)."""
@@ -60,7 +60,7 @@ def constants(kernel: str, n: int = 16, nsplit: int = 1, lowrank: int = 0, lane_
         c.update(BLOCK_N=bn, SAVE_ALL=True, OUT_ATOMIC=not plain)
     else:
         c.update(BLOCK_N=bn // nsplit, SUB=sub, DU_ATOMIC=not plain, PREFETCH_BC=True, NSPLIT=nsplit,
-                 LANE_SUM=lane_sum, LSPLIT=lsplit)
+                 LANE_SUM=lane_sum)
     return c
 
 
@@ -111,8 +111,6 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16, help="state size N")
     ap.add_argument("--nsplit", type=int, default=1, help="backward: programs sharing a block's states")
     ap.add_argument("--lowrank", type=int, default=0, help="dt rank with dt_proj inside the kernels (0: off)")
-    ap.add_argument("--lsplit", type=int, default=1, choices=(1, 2, 4),
-                    help="backward: lanes sharing a channel's states (VSCAN_SCAN_BWD's S)")
     ap.add_argument("--plain", action="store_true",
                     help="one 1-D scan with z gating (the bench shapes) instead of a multi-direction layer")
     ap.add_argument("--no-lane-sum", action="store_true", help="backward: cross-lane sums instead of _lane_sum")
@@ -129,7 +127,7 @@ def main(argv=None):
     out = {}
     for kernel in (("fwd", "bwd") if args.kernel == "both" else (args.kernel,)):
         consts = constants(kernel, args.n, args.nsplit, args.lowrank, not args.no_lane_sum, args.block_t, args.sub,
-                           args.lsplit, args.plain)
+                           args.plain)
         out[kernel] = report(compile_kernel(kernel, consts, args.maxnreg if kernel == "bwd" else 0, args.arch))
     if args.json:
         print(json.dumps(dict(triton=triton.__version__, arch=args.arch, **out)))
