@@ -9,9 +9,12 @@ Why: the kernels are written for one layout (lanes and warps on channels, each t
 all states of its channel; see LANES_ON_CHANNELS in vscan/kernels/scan_seq.py). Triton
 versions differ in the layout they pick, and a wrong one turns every sum over states into
 shuffles (``SHFL``) and shared-memory round trips (``BAR``), which this shows in seconds on
-a CPU. To see a particular Triton version (say the GPU machine's), install its wheel into a
-folder and put that folder first on PYTHONPATH. Uses the ptxas and cuobjdump that ship in the
-Triton wheel.
+a CPU; ``IMAD.WIDE`` counts 64-bit address arithmetic (see scan_seq._opaque). ``--plain``
+compiles the 1-D scan with z gating that tools/bench_scan.py times instead of a multi-direction
+layer. To see a particular Triton version (say the GPU machine's), install its wheel into a
+folder and put that folder first on PYTHONPATH: Triton 3.6 (the GPU machine's in 2026-12) picks
+other layouts than 3.8 where a tile lacks the LANES_ON_CHANNELS hint. Uses the ptxas and
+cuobjdump that ship in the Triton wheel.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-OPS = ("SHFL", "BAR", "LDL", "STL", "REDG", "MUFU", "FFMA")
+OPS = ("SHFL", "BAR", "LDL", "STL", "REDG", "MUFU", "FFMA", "IMAD.WIDE")
 BF16_INPUTS = {"u_ptr", "dt_ptr", "B_ptr", "C_ptr", "dout_ptr", "z_ptr"}
 
 
@@ -100,7 +103,7 @@ def report(ck) -> dict:
         sass = subprocess.run([_tool("cuobjdump"), "-sass", path], capture_output=True, text=True, check=True).stdout
     m = re.search(r"REG:(\d+).*?STACK:(\d+)", res)
     out = dict(registers=int(m.group(1)), stack_bytes=int(m.group(2))) if m else {}
-    out.update({op: len(re.findall(r"\b" + op + r"\b", sass)) for op in OPS})
+    out.update({op: len(re.findall(r"\b" + re.escape(op) + r"\b", sass)) for op in OPS})
     out.update(lanes_on_channels=lanes_on_channels(ck), layouts=tile_layouts(ck))
     return out
 
