@@ -38,3 +38,11 @@ def test_backward_layout_and_lane_sum():
     off = _report("--kernel", "bwd", "--n", "16", "--nsplit", "2", "--no-lane-sum")["bwd"]
     assert on["lanes_on_channels"] and off["lanes_on_channels"], (on["layouts"], off["layouts"])
     assert on["SHFL"] < off["SHFL"] / 2, (on["SHFL"], off["SHFL"])
+
+
+def test_plain_backward_keeps_its_layout_and_registers():
+    """The 1-D scan's backward (z gating, no index map: what tools/bench_scan.py times) keeps the
+    lanes-on-channels layout without spilling at N = 16."""
+    r = _report("--kernel", "bwd", "--n", "16", "--plain")["bwd"]
+    assert r["lanes_on_channels"], r["layouts"]
+    assert r["stack_bytes"] == 0, r
