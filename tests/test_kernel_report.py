@@ -40,7 +40,7 @@ def test_backward_layout_and_lane_sum():
     assert on["SHFL"] < off["SHFL"] / 2, (on["SHFL"], off["SHFL"])
 
 
-def test_plain_backward_keeps_its_layout_and_registers():
+def test_plain_backward_keeps_its_layout_without_spills():
     """The 1-D scan's backward (z gating, no index map: what tools/bench_scan.py times) keeps the
     lanes-on-channels layout without spilling at N = 16."""
     r = _report("--kernel", "bwd", "--n", "16", "--plain")["bwd"]

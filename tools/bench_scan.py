@@ -115,8 +115,9 @@ def time_shape(name, shape, with_ref=True):
         y = run_scan(x, "triton")
         torch.autograd.grad(y, list(x.values()), gy)
     # compile this shape's kernels, then warm the GPU out of the compile's idle gap: the first
-    # shape after a configuration compiled measured 1.4-1.8x slow otherwise (H100, 2026-12-05,
-    # results/bench_scan_lanesplit_h100/)
+    # shape after a configuration compiled came out up to 1.8x slow (H100, 2026-12-05,
+    # results/bench_scan_lanesplit_h100/). vim-s-224 still spread by that much with this warm-up
+    # (H200, results/bench_scan_opaque_h200/), so the gap is not the whole cause.
     fwdbwd()
     torch.cuda.synchronize()
     gpu_warmup(1.0)
