@@ -15,7 +15,8 @@ end state (forward) or carry (backward) from a zero start.
 
 Backward, per chunk of BLOCK_T steps (reversed): recompute the states forward from the saved
 chunk-start state, keeping one state per SUB steps in a small per-program scratch buffer; then
-per sub-chunk (reversed) recompute its SUB states into the scratch and walk it backwards. The
+per sub-chunk (reversed) recompute its SUB states into the scratch and walk it backwards (with
+BLOCK_T == SUB the first recompute is skipped: the saved state starts the only sub-chunk). The
 scratch is (SUB + BLOCK_T / SUB) state tiles per program, written and re-read by the same
 thread within a few steps (it stays in L1/L2); nothing of size batch*length*channels*N exists.
 dB and dC, when time-varying, are summed over the channel block at every step (cross-lane
@@ -578,8 +579,9 @@ def scan_bwd_seq_kernel(
         t0 = c * BLOCK_T
         t1 = tl.minimum(t0 + BLOCK_T, L)
         n_sub = tl.cdiv(t1 - t0, SUB)
-        if MODE == 0:  # pass A: the state at the start of every sub-chunk
+        if MODE == 0:  # the chunk's saved start state
             h = tl.load(_state_ptrs(st_ptr + c * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
+        if MODE == 0 and BLOCK_T > SUB:   # pass A: the start state of every sub-chunk (else h is the only one)
             h = _recompute(h, t0, t1, SUB, s_lane + SUB * tile, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2,
                            bias, Wt, offs_r, rmask, offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
                            HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)
@@ -589,7 +591,8 @@ def scan_bwd_seq_kernel(
             ts1 = tl.minimum(ts0 + SUB, t1)
             if MODE == 0:  # pass B: every state of the sub-chunk
                 tl.debug_barrier()
-                h = tl.load(_scratch_tile(s_lane, (SUB + s) * tile, s_rows, FAST_EXP))
+                if BLOCK_T > SUB:
+                    h = tl.load(_scratch_tile(s_lane, (SUB + s) * tile, s_rows, FAST_EXP))
                 h = _recompute(h, ts0, ts1, 1, s_lane, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
                                Wt, offs_r, rmask, offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
                                HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)

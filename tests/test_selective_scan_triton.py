@@ -48,9 +48,10 @@ CASES = [  # (b, L, d, N, G, vary, opts, segments)
 ]
 # Both kernel families on tiles small enough for several chunks and channel blocks:
 # chunked (T, D, warps) and sequential (T, warps, SUB, programs/SM, BLOCK_D[, NSPLIT]); the
-# sequential backward also with its N states split over 2 programs.
+# sequential backward also with its N states split over 2 programs, and with T == SUB.
 KERNELS = {"sequential": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4"),
            "sequential-nsplit2": ("sequential", "VSCAN_SCAN_SEQ", "16,1,4,1,4,2"),
+           "sequential-t8sub8": ("sequential", "VSCAN_SCAN_SEQ", "8,1,8,1,4"),
            "chunked": ("chunked", "VSCAN_SCAN_TILES", "16,4,1;16,4,1")}
 MATRIX = [(k, dt) for k in KERNELS for dt in ("fp32", "bf16") if (k, dt) != ("chunked", "bf16")]
 
@@ -58,7 +59,10 @@ MATRIX = [(k, dt) for k in KERNELS for dt in ("fp32", "bf16") if (k, dt) != ("ch
 def _keep(case, kernel, dtype_name):
     """The N-split backward on the cases that exercise it (a state tile past the first, N not a
     power of two, groups straddled, constant B/C, segments), fp32 and one bf16: the interpreter
-    runs twice the programs, and the long segmented case alone would take a minute."""
+    runs twice the programs, and the long segmented case alone would take a minute. The tile
+    whose chunk interval equals SUB (the backward skips its first recompute) in fp32."""
+    if kernel == "sequential-t8sub8":
+        return dtype_name == "fp32"
     if kernel != "sequential-nsplit2":
         return True
     return case[1] != 70 and (dtype_name == "fp32" or case[3] == 3)
