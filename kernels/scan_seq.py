@@ -176,6 +176,15 @@ def _opaque(p, GPU: tl.constexpr):
 
 
 @triton.jit
+def _state_ptrs_in_loop(ptr, offs_n, offs_d, NSTATE, GPU: tl.constexpr):
+    """``_state_ptrs`` for an access inside a loop: each lane's row pointer goes through
+    ``_opaque``, so the states are immediate offsets from it rather than one hoisted 64-bit
+    pointer per state (the forward's chunk-state store held 70 registers that way)."""
+    rows = _opaque(ptr + offs_d * NSTATE, GPU)
+    return tl.max_contiguous(rows[None, :] + offs_n[:, None], [1, 4])      # LANES_ON_CHANNELS
+
+
+@triton.jit
 def _scratch_tile(lane_ptr, off, rows, GPU: tl.constexpr):
     """[BLOCK_N, BLOCK_D] pointers of the backward's scratch tile ``off`` elements past each
     lane's slot ``lane_ptr`` ([BLOCK_D]); rows: the tile rows' constant offsets ([BLOCK_N, 1])."""
@@ -426,8 +435,8 @@ def scan_fwd_seq_kernel(
             if SAVE_ALL:
                 # chunk-start states for backward; a segment's end slot belongs to the combine kernel
                 if ((t + 1) % BLOCK_T == 0) & (t + 1 < t_end):
-                    tl.store(_state_ptrs(st_ptr + ((t + 1) // BLOCK_T) * s_stc, offs_n, offs_d, NSTATE), h,
-                             mask=m_nd)
+                    tl.store(_state_ptrs_in_loop(st_ptr + ((t + 1) // BLOCK_T) * s_stc, offs_n, offs_d, NSTATE,
+                                                 FAST_EXP), h, mask=m_nd)
     if MODE == 1:
         tl.store(_state_ptrs(st_ptr + (pid_s * 2 + c_end % 2) * s_stc, offs_n, offs_d, NSTATE), h, mask=m_nd)
         tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dtsum, mask=dmask)
@@ -580,7 +589,8 @@ def scan_bwd_seq_kernel(
         t1 = tl.minimum(t0 + BLOCK_T, L)
         n_sub = tl.cdiv(t1 - t0, SUB)
         if MODE == 0:  # the chunk's saved start state
-            h = tl.load(_state_ptrs(st_ptr + c * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
+            h = tl.load(_state_ptrs_in_loop(st_ptr + c * s_stc, offs_n, offs_d, NSTATE, FAST_EXP), mask=m_nd,
+                        other=0.0)
         if MODE == 0 and BLOCK_T > SUB:   # pass A: the start state of every sub-chunk (else h is the only one)
             h = _recompute(h, t0, t1, SUB, s_lane + SUB * tile, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2,
                            bias, Wt, offs_r, rmask, offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
