@@ -176,19 +176,13 @@ def _opaque(p, GPU: tl.constexpr):
 
 
 @triton.jit
-def _state_ptrs_in_loop(ptr, offs_n, offs_d, NSTATE, GPU: tl.constexpr):
-    """``_state_ptrs`` for an access inside a loop: each lane's row pointer goes through
-    ``_opaque``, so the states are immediate offsets from it rather than one hoisted 64-bit
-    pointer per state (the forward's chunk-state store held 70 registers that way)."""
-    rows = _opaque(ptr + offs_d * NSTATE, GPU)
-    return tl.max_contiguous(rows[None, :] + offs_n[:, None], [1, 4])      # LANES_ON_CHANNELS
-
-
-@triton.jit
-def _scratch_tile(lane_ptr, off, rows, GPU: tl.constexpr):
-    """[BLOCK_N, BLOCK_D] pointers of the backward's scratch tile ``off`` elements past each
-    lane's slot ``lane_ptr`` ([BLOCK_D]); rows: the tile rows' constant offsets ([BLOCK_N, 1])."""
-    return tl.max_contiguous(_opaque(lane_ptr + off, GPU)[None, :] + rows, [1, 4])      # LANES_ON_CHANNELS
+def _lane_rows(lane_ptr, rows, GPU: tl.constexpr):
+    """[BLOCK_N, BLOCK_D] pointers for a tile accessed inside a loop: each lane's pointer
+    ``lane_ptr`` ([BLOCK_D]) through ``_opaque``, plus the rows' constant offsets ``rows``
+    ([BLOCK_N, 1]), so each row is an immediate offset rather than a hoisted 64-bit pointer (the
+    forward's chunk-state store alone held 70 registers that way). Used for the chunk states
+    (``rows`` = the state index) and the backward's scratch tiles."""
+    return tl.max_contiguous(_opaque(lane_ptr, GPU)[None, :] + rows, [1, 4])      # LANES_ON_CHANNELS
 
 
 @triton.jit
@@ -435,8 +429,8 @@ def scan_fwd_seq_kernel(
             if SAVE_ALL:
                 # chunk-start states for backward; a segment's end slot belongs to the combine kernel
                 if ((t + 1) % BLOCK_T == 0) & (t + 1 < t_end):
-                    tl.store(_state_ptrs_in_loop(st_ptr + ((t + 1) // BLOCK_T) * s_stc, offs_n, offs_d, NSTATE,
-                                                 FAST_EXP), h, mask=m_nd)
+                    tl.store(_lane_rows(st_ptr + ((t + 1) // BLOCK_T) * s_stc + offs_d * NSTATE, offs_n[:, None],
+                                        FAST_EXP), h, mask=m_nd)
     if MODE == 1:
         tl.store(_state_ptrs(st_ptr + (pid_s * 2 + c_end % 2) * s_stc, offs_n, offs_d, NSTATE), h, mask=m_nd)
         tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dtsum, mask=dmask)
@@ -473,7 +467,7 @@ def _recompute(h, ta, tb, every, dst, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_pt
         B_n = _step_bc(B_ptr, r_n, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, B_VARY, SINGLE_GROUP,
                        FAST_EXP)
         if (t - ta) % every == 0:
-            tl.store(_scratch_tile(dst, ((t - ta) // every) * tile, s_rows, FAST_EXP), h)
+            tl.store(_lane_rows(dst + ((t - ta) // every) * tile, s_rows, FAST_EXP), h)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
     return h
 
@@ -589,7 +583,7 @@ def scan_bwd_seq_kernel(
         t1 = tl.minimum(t0 + BLOCK_T, L)
         n_sub = tl.cdiv(t1 - t0, SUB)
         if MODE == 0:  # the chunk's saved start state
-            h = tl.load(_state_ptrs_in_loop(st_ptr + c * s_stc, offs_n, offs_d, NSTATE, FAST_EXP), mask=m_nd,
+            h = tl.load(_lane_rows(st_ptr + c * s_stc + offs_d * NSTATE, offs_n[:, None], FAST_EXP), mask=m_nd,
                         other=0.0)
         if MODE == 0 and BLOCK_T > SUB:   # pass A: the start state of every sub-chunk (else h is the only one)
             h = _recompute(h, t0, t1, SUB, s_lane + SUB * tile, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2,
@@ -602,7 +596,7 @@ def scan_bwd_seq_kernel(
             if MODE == 0:  # pass B: every state of the sub-chunk
                 tl.debug_barrier()
                 if BLOCK_T > SUB:
-                    h = tl.load(_scratch_tile(s_lane, (SUB + s) * tile, s_rows, FAST_EXP))
+                    h = tl.load(_lane_rows(s_lane + (SUB + s) * tile, s_rows, FAST_EXP))
                 h = _recompute(h, ts0, ts1, 1, s_lane, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_ptr, Bc, A2, bias,
                                Wt, offs_r, rmask, offs_n, nmask, offs_d, dmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg,
                                HAS_BIAS, SOFTPLUS, B_VARY, SINGLE_GROUP, FAST_EXP, HAS_IDX, LOWRANK)
@@ -620,7 +614,7 @@ def scan_bwd_seq_kernel(
             C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY, SINGLE_GROUP,
                            FAST_EXP)
             if MODE == 0:
-                hp_n = tl.load(_scratch_tile(s_lane, (t - ts0) * tile, s_rows, FAST_EXP))
+                hp_n = tl.load(_lane_rows(s_lane + (t - ts0) * tile, s_rows, FAST_EXP))
             for k in range(0, ts1 - ts0):
                 t = ts1 - 1 - k
                 r = r_n
@@ -659,7 +653,7 @@ def scan_bwd_seq_kernel(
                     dtsum += dt
                 if MODE == 0:
                     hp = hp_n
-                    hp_n = tl.load(_scratch_tile(s_lane, (tp - ts0) * tile, s_rows, FAST_EXP))
+                    hp_n = tl.load(_lane_rows(s_lane + (tp - ts0) * tile, s_rows, FAST_EXP))
                     ahp = a * hp
                     dtu = dt * u
                     ht = ahp + dtu[None, :] * Bt
