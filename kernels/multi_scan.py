@@ -51,6 +51,7 @@ class _MultiScanFn(torch.autograd.Function):
             ctx.meta = (softplus, merge, A.dtype, None if D is None else D.dtype,
                         None if delta_bias is None else delta_bias.dtype,
                         None if dt_weight is None else dt_weight.dtype)
+            ctx.plan = pr.p
         return out
 
     @staticmethod
@@ -59,7 +60,7 @@ class _MultiScanFn(torch.autograd.Function):
         softplus, merge, A_dtype, D_dtype, bias_dtype, W_dtype = ctx.meta
         per_dir = u.dim() == 4
         pr = _Problem(u, delta, A32, B, C, D32, None, bias32, softplus, idx=idx, u_per_dir=per_dir,
-                      bc_per_dir=True, W32=W32)
+                      bc_per_dir=True, W32=W32, plan=ctx.plan)
         dout = dout.contiguous()
         if merge == "concat":
             s_dout, scale = (dout.stride(0), dout.stride(1), dout.stride(2)), 1.0

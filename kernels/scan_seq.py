@@ -197,6 +197,41 @@ def _exp2(x, FAST: tl.constexpr):
     return y
 
 
+@triton.jit
+def _approx(x, OP: tl.constexpr):
+    """One MUFU instruction on a GPU: OP = ``lg2`` (log2) or ``rcp`` (1 / x), PTX's .approx forms."""
+    if OP == "lg2":
+        y = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        y = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    return y
+
+
+@triton.jit
+def _softplus_seq(x, FAST: tl.constexpr):
+    """softplus(x) = max(x, 0) + log(1 + exp(-|x|)); on a GPU the log is one lg2.approx (relative
+    error about 2**-22) instead of libdevice's logf polynomial, which compiled to 11 FFMA in each of
+    the backward's three loops. Like the exact form, it gives 0 where exp(-|x|) < 2**-24."""
+    if FAST:
+        y = tl.maximum(x, 0.0) + _approx(1.0 + _exp2(-tl.abs(x) * LOG2E, True), "lg2") * LN2
+    else:
+        y = _softplus(x)
+    return y
+
+
+@triton.jit
+def _sigmoid_seq(x, FAST: tl.constexpr):
+    """1 / (1 + exp(-x)); on a GPU with one rcp.approx instead of an IEEE division (a MUFU.RCP
+    plus Newton steps and a slow-path branch)."""
+    if FAST:
+        y = _approx(1.0 + _exp2(-x * LOG2E, True), "rcp")
+    else:
+        y = tl.sigmoid(x)
+    return y
+
+
 # LANES_ON_CHANNELS: the [BLOCK_N, BLOCK_D] tiles that touch memory carry the hint
 # ``tl.max_contiguous(off, [1, 4])`` (applied where the offsets are computed: a hint on a
 # function argument is dropped). Triton's coalescing pass orders a tile's axes by contiguity,
@@ -309,14 +344,14 @@ def _dt_expand(v, Wt, LOWRANK: tl.constexpr):
 
 
 @triton.jit
-def _dt(dt_raw, dmask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _dt(dt_raw, dmask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """(dt before the softplus, dt) from the loaded row; masked channels get dt = 0."""
     dt_pre = dt_raw
     if HAS_BIAS:
         dt_pre += bias
     dt = dt_pre
     if SOFTPLUS:
-        dt = _softplus(dt_pre)
+        dt = _softplus_seq(dt_pre, FAST)
     return dt_pre, tl.where(dmask, dt, 0.0)
 
 
@@ -392,7 +427,10 @@ def scan_fwd_seq_kernel(
         slot0 = c_begin
     else:
         slot0 = pid_s * 2 + c_begin % 2
-    h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
+    if MODE == 1:   # a segment's own contribution: from a zero state (its slot is never read)
+        h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    else:
+        h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
     dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)
     # software prefetch: the loads of step t + 1 are issued before step t's arithmetic, so their
     # latency hides behind it (nothing they read depends on the state). Two steps ahead measured
@@ -405,7 +443,7 @@ def scan_fwd_seq_kernel(
     for t in range(t_begin, t_end):
         r = r_n
         u = u_n
-        _dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS)
+        _dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS, FAST_EXP)
         Bt = B_n
         Ct = C_n
         zz = z_n
@@ -421,7 +459,7 @@ def scan_fwd_seq_kernel(
             if HAS_D:
                 y += u * Dv
             if HAS_Z:
-                y = y * zz * tl.sigmoid(zz)
+                y = y * zz * _sigmoid_seq(zz, FAST_EXP)
             if OUT_ATOMIC:  # directions merged by sum/mean into a float32 output in grid order
                 tl.atomic_add(out_ptr + r * s_ol + offs_d, y * out_scale, mask=dmask, sem="relaxed")
             else:
@@ -458,7 +496,7 @@ def _recompute(h, ta, tb, every, dst, s_rows, tile, u_ptr, dt_ptr, B_ptr, idx_pt
                    FAST_EXP)
     for t in range(ta, tb):
         u = u_n
-        _dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS)
+        _dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS, FAST_EXP)
         Bt = B_n
         tn = tl.minimum(t + 1, tb - 1)
         r_n = _row_id(idx_ptr, tn, HAS_IDX)
@@ -574,8 +612,11 @@ def scan_bwd_seq_kernel(
     c_begin = pid_s * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, n_chunks)
     # running dh: on entry to step t it holds a[t+1] * dh[t+1] (the carry from later steps)
-    dh = tl.load(_state_ptrs(carry_ptr + (pid_s * 2 + (c_end - 1) % 2) * s_cc, offs_n, offs_d, NSTATE),
-                 mask=m_nd, other=0.0)
+    if MODE == 1:   # a segment's own carry: from zero (its slot is never read)
+        dh = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    else:
+        dh = tl.load(_state_ptrs(carry_ptr + (pid_s * 2 + (c_end - 1) % 2) * s_cc, offs_n, offs_d, NSTATE),
+                     mask=m_nd, other=0.0)
     dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)   # MODE 1: the segment's sum of dt, for the combine
     for i in range(0, c_end - c_begin):
         c = c_end - 1 - i
@@ -620,7 +661,7 @@ def scan_bwd_seq_kernel(
                 r = r_n
                 u = u_n
                 dt_cur = dt_n
-                dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS)
+                dt_pre, dt = _dt(_dt_expand(dt_n, Wt, LOWRANK), dmask, bias, HAS_BIAS, SOFTPLUS, FAST_EXP)
                 dout = g_n * dout_scale
                 zz = z_n
                 if PREFETCH_BC:
@@ -643,7 +684,7 @@ def scan_bwd_seq_kernel(
                     C_n = _step_bc(C_ptr, r_n, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, C_VARY,
                                    SINGLE_GROUP, FAST_EXP)
                 if HAS_Z:
-                    sz = tl.sigmoid(zz)
+                    sz = _sigmoid_seq(zz, FAST_EXP)
                     dy = dout * zz * sz
                 else:
                     dy = dout
@@ -681,7 +722,7 @@ def scan_bwd_seq_kernel(
                         else:
                             tl.store(dz_ptr + r * s_ul + offs_d, dz.to(dz_ptr.dtype.element_ty), mask=dmask)
                     if SOFTPLUS:
-                        ddt = ddt * tl.sigmoid(dt_pre)
+                        ddt = ddt * _sigmoid_seq(dt_pre, FAST_EXP)
                     ddt = tl.where(dmask, ddt, 0.0)
                     dbias_acc += ddt
                     if DU_ATOMIC or NSPLIT > 1:  # u shared by the directions / N split: add up in float32

@@ -17,6 +17,7 @@ import os
 import torch
 import triton
 
+from .launch import launch
 from .scan_bwd import scan_bwd_kernel
 from .scan_fwd import scan_fwd_kernel, segment_combine_kernel
 from .scan_seq import scan_bwd_seq_kernel, scan_fwd_seq_kernel
@@ -32,7 +33,14 @@ BWD_TILE = (32, 16, 2)
 # Overridable with VSCAN_SCAN_SEQ="T,W,SUB,P[,BLOCK_D[,NSPLIT]]" (a smaller BLOCK_D gives tests
 # several channel blocks on tiny shapes; NSPLIT > 1 splits the N states of the backward over that
 # many programs, see scan_bwd_seq_kernel).
-SEQ_TILE = (64, 1, 8, 16)
+# BLOCK_T == SUB = 16: the backward walks each saved 16-step chunk once to fill its scratch and
+# once in reverse, instead of a first pass over 64 steps that keeps every 8th state. On an H100
+# (two calls, 2026-12-05, CUDA-graph f+b so the host does not count; results/bench_scan_host_h100/)
+# it was 4-8% faster than (64, 1, 8, 16) at all four bench shapes (text 3.22-3.36 vs 3.41-3.64 ms,
+# long 4.62-4.84 vs 4.85-5.02). The price is 4x the saved chunk states: 4 bytes per
+# (batch, step, channel) at N = 16 instead of 1, e.g. 134 vs 34 MiB at the text shape
+# (8 x 2048 x 2048); the memory-lean build below keeps its own interval.
+SEQ_TILE = (16, 1, 16, 16)
 # The memory-lean build (dt_proj inside the kernels, multi_scan's dt_weight): chunk states every
 # 256 steps, SUB 16. On an H200 (VMamba-T stage-1 SS2D, N = 16, 2026-12-02, 128-register cap,
 # before the layout fix below) the layer's peak extra memory was 1694 vs 1911 MiB with SEQ_TILE
@@ -64,6 +72,16 @@ SEQ_BWD_LEAN = (1, 128)
 # (after the layout fix) the lean SS2D layer at N = 16 took 37.1 vs 44.5 ms with and without it;
 # results/bench_scan_layout_h200/.
 SEQ_LANE_SUM = True
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (plain Python: ``triton.next_power_of_2`` and
+    ``triton.cdiv`` are JIT functions in newer Triton, a dispatch per host call)."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _kernel_kind(N: int) -> str:
@@ -137,9 +155,9 @@ def _target_programs(device: torch.device, per_sm: int) -> int:
 
 def _split_for_target(n_chunks: int, rows: int, target: int) -> tuple[int, int]:
     """(segments, chunks per segment) so that rows x segments reaches about ``target`` programs."""
-    want = max(1, triton.cdiv(target, rows))
-    cps = triton.cdiv(n_chunks, max(1, min(n_chunks, want)))
-    return triton.cdiv(n_chunks, cps), cps
+    want = max(1, _cdiv(target, rows))
+    cps = _cdiv(n_chunks, max(1, min(n_chunks, want)))
+    return _cdiv(n_chunks, cps), cps
 
 
 # Segment split of the sequential kernels, per launch. A launch runs rows x segments one-warp
@@ -163,16 +181,16 @@ SEQ_BWD_WAVES = 2
 def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float) -> tuple[int, int]:
     """(segments, chunks per segment) for L steps in chunks of bt: least waves x steps of the
     longest segment x (1 + mode1_cost if split); fewer segments on ties."""
-    n_chunks = triton.cdiv(L, bt)
+    n_chunks = _cdiv(L, bt)
     cands = set()
     for n in range(1, math.isqrt(n_chunks) + 2):   # every distinct cps is ceil(n_chunks / n) or n
-        cands.add(triton.cdiv(n_chunks, n))
+        cands.add(_cdiv(n_chunks, n))
         cands.add(min(n, n_chunks))
     best = None
     for cps in sorted(cands, reverse=True):        # many chunks per segment (few segments) first
-        n_seg = triton.cdiv(n_chunks, cps)
+        n_seg = _cdiv(n_chunks, cps)
         steps = min(cps * bt, L)
-        cost = triton.cdiv(rows * n_seg, resident) * steps * (1.0 + (mode1_cost if n_seg > 1 else 0.0))
+        cost = _cdiv(rows * n_seg, resident) * steps * (1.0 + (mode1_cost if n_seg > 1 else 0.0))
         if best is None or cost < best[0] - 1e-9:
             best = (cost, n_seg, cps)
     return best[1], best[2]
@@ -181,18 +199,17 @@ def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float) 
 _RESIDENT: dict = {}
 
 
-def _arg_sig(a):
-    return a.dtype if isinstance(a, torch.Tensor) else (a if isinstance(a, torch.dtype) else type(a).__name__)
-
-
-def _resident_programs(kernel, args, kwargs, device: torch.device) -> int | None:
-    """How many programs of ``kernel`` (compiled for these arguments; a torch.dtype stands for a
-    buffer not allocated yet) the GPU holds at once, over all SMs: the occupancy calculator's
-    count from the compiled kernel's registers, shared memory and warps. Cached per signature.
-    None where that cannot be read (the interpreter, or a Triton without these fields)."""
-    key = (id(kernel), device.index, tuple(sorted(kwargs.items())), tuple(_arg_sig(a) for a in args))
+def _resident_programs(kernel, probe, kwargs, device: torch.device, dtypes: tuple) -> int | None:
+    """How many programs of ``kernel`` (compiled for the arguments ``probe()`` gives; a
+    torch.dtype stands for a buffer not allocated yet) the GPU holds at once, over all SMs: the
+    occupancy calculator's count from the compiled kernel's registers, shared memory and warps.
+    Cached per constexpr set and ``dtypes`` (of the input and output tensors), so that a launch
+    that finds it builds no argument list. None where that cannot be read (the interpreter, or a
+    Triton without these fields)."""
+    key = (id(kernel), device.index, tuple(sorted(kwargs.items())), dtypes)
     if key in _RESIDENT:
         return _RESIDENT[key]
+    args = probe()
     try:
         ck = kernel.warmup(*args, grid=(1,), **kwargs)     # compiles (or finds) it; launches nothing
         ck._init_handles()
@@ -211,14 +228,14 @@ def _blocks_per_sm(regs: int, smem: int, warps: int, reg_file: int = 65536, smem
                    threads: int = 2048, max_blocks: int = 32) -> int:
     """Resident blocks per SM, as CUDA's occupancy calculator counts them on sm_90: registers
     are allocated per warp in units of 256, and each block reserves 1 KiB of shared memory."""
-    per_warp = triton.cdiv(max(regs, 1) * 32, 256) * 256
+    per_warp = _cdiv(max(regs, 1) * 32, 256) * 256
     blocks = min(max_blocks, threads // (32 * warps), (reg_file // per_warp) // warps)
     if smem:
         blocks = min(blocks, smem_sm // (smem + 1024))
     return max(1, blocks)
 
 
-def _segments(pr, which: int, rows: int, kernel, probe, kwargs) -> tuple[int, int]:
+def _segments(pr, which: int, rows: int, kernel, probe, kwargs, out_dtype) -> tuple[int, int]:
     """(segments, chunks per segment) of one launch (which: 0 forward, 1 backward) over ``rows``
     program rows (channel blocks x splits x batch rows); ``probe()`` gives the main pass's
     arguments (buffers sized by the split as dtypes), built only when the model needs them. The
@@ -231,7 +248,8 @@ def _segments(pr, which: int, rows: int, kernel, probe, kwargs) -> tuple[int, in
         split = p["n_seg"], p["cps"]
     elif (target := _target_override(which)) is not None:
         split = _split_for_target(p["n_chunks"], rows, target)
-    elif pr.u.is_cuda and (resident := _resident_programs(kernel, probe(), kwargs, pr.u.device)):
+    elif pr.u.is_cuda and (resident := _resident_programs(kernel, probe, kwargs, pr.u.device,
+                                                          (*pr.dtypes, out_dtype))):
         split = (_seq_segments(pr.L, p["bt"], rows, resident, SEQ_FWD_MODE1_COST) if which == 0
                  else _split_for_target(p["n_chunks"], rows, SEQ_BWD_WAVES * resident))
     else:
@@ -247,17 +265,17 @@ LAST_SPLIT: dict = {}
 def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
     """Largest power-of-two block <= pref that stays inside one group; else a general block
     whose dB/dC reduction uses atomics."""
-    bd = min(pref, triton.next_power_of_2(dim))
+    bd = min(pref, _pow2(dim))
     while bd > 4 and ch_per_group % bd:
         bd //= 2
     if ch_per_group % bd == 0:
         return bd, True
-    return min(pref, triton.next_power_of_2(dim)), False
+    return min(pref, _pow2(dim)), False
 
 
 def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
     kind = _kernel_kind(N)
-    bn = triton.next_power_of_2(N)
+    bn = _pow2(N)
     nsplit, prefetch, maxnreg = 1, True, 0
     if kind == "sequential":   # ``lean``: the build with dt_proj inside the kernels (its own tile and cap)
         bt, warps, sub, per_sm, *extra = _seq_tile(lean)
@@ -268,10 +286,10 @@ def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
     else:
         (bt, bd_pref, warps), (_bbt, _bbd, bwarps) = _tiles()   # backward reuses the forward T and D
         sub, per_sm = 0, 8
-    bt = min(bt, max(16, triton.next_power_of_2(L)))
+    bt = min(bt, max(16, _pow2(L)))
     bd, single = _block_d(dim, ch_per_group, bd_pref)
-    n_chunks = triton.cdiv(L, bt)
-    n_blk = triton.cdiv(dim, bd)
+    n_chunks = _cdiv(L, bt)
+    n_blk = _cdiv(dim, bd)
     n_seg, cps = _split_for_target(n_chunks, n_blk * batch, _target_programs(device, per_sm))
     if nsplit < 1 or nsplit & (nsplit - 1):
         raise ValueError(f"VSCAN_SCAN_SEQ: NSPLIT must be a power of two >= 1, got {nsplit}")
@@ -314,7 +332,7 @@ class _Problem:
     themselves: delta[c] = sum_r W[k, c, r] dt[r] (no (b, L, K, d) delta in memory)."""
 
     def __init__(self, u, delta, A32, B, C, D32, z, bias32, softplus, idx=None, u_per_dir=False,
-                 bc_per_dir=False, W32=None):
+                 bc_per_dir=False, W32=None, plan=None):
         self.b, self.L = u.shape[:2]
         self.K, self.dim, self.N = A32.shape
         self.u, self.delta, self.z, self.B, self.C = u, delta, z, B, C
@@ -333,7 +351,9 @@ class _Problem:
         else:
             groups = B.shape[2] if self.B_vary else (C.shape[2] if self.C_vary else 1)
             self.cpg = self.dim // groups
-        self.p = _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device, lean=W32 is not None)
+        # the backward passes the forward's plan: the saved states are laid out by its tile
+        self.p = plan or _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device, lean=W32 is not None)
+        self.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, B, C, z, W32, idx))
 
     def flags(self):
         p = self.p
@@ -342,12 +362,18 @@ class _Problem:
                  C_VARY=self.C_vary, SINGLE_GROUP=p["single"])
         if p["kind"] == "sequential":
             f.update(BLOCK_N=p["bn"], EVEN_N=p["bn"] == self.N, FAST_EXP=self.u.is_cuda, HAS_IDX=self.idx is not None,
-                     LOWRANK=self.W32 is not None, BLOCK_R=triton.next_power_of_2(self.rank))
+                     LOWRANK=self.W32 is not None, BLOCK_R=_pow2(self.rank))
         return f
 
     def opt(self, t):
         """A dummy pointer for an absent optional tensor (never read: its flag is off)."""
         return t if t is not None else self.A32
+
+
+# Buffers whose every slot the sequential kernels write before anything reads it (tests swap in
+# a NaN-filled allocator to check that): no zero fill, which at the text shape with 16-step
+# chunks was 60 us of memset per forward+backward (H100).
+_uninit = torch.empty
 
 
 def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None, save=True):
@@ -380,30 +406,34 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
     # the split is chosen for the compiled main pass (buffers it sizes stand in as dtypes)
     def probe():
         return (*ins, torch.float32, torch.float32, *scalars(p["n_seg"], p["cps"]), 0, pr.dim * pr.N)
-    n_seg, cps = _segments(pr, 0, p["n_blk"] * bk, kernel, probe, dict(common, MODE=0, SAVE_ALL=save))
+    n_seg, cps = _segments(pr, 0, p["n_blk"] * bk, kernel, probe, dict(common, MODE=0, SAVE_ALL=save), out.dtype)
     n_slots = p["n_chunks"] + 1 if save else 2 * n_seg
-    states = torch.zeros(bk, n_slots, pr.dim, pr.N, **f32)
+    # the sequential kernels write every slot they (or the combine) read, except the initial state
+    new = _uninit if seq else torch.zeros
+    states = new(bk, n_slots, pr.dim, pr.N, **f32)
     if initial_state is not None:
         states[:, 0] = initial_state.float()
+    elif seq:
+        states[:, 0] = 0.0
     dtsum = torch.empty(bk, n_seg, pr.dim, **f32)
     grid = (p["n_blk"], bk, n_seg)
     if n_seg > 1:
-        loc = torch.zeros(bk, 2 * n_seg, pr.dim, pr.N, **f32)
-        kernel[grid](*ins, loc, dtsum, *scalars(n_seg, cps), loc.stride(0), loc.stride(1), MODE=1, SAVE_ALL=False,
-                     **common)
+        loc = new(bk, 2 * n_seg, pr.dim, pr.N, **f32)
+        launch(kernel, grid, *ins, loc, dtsum, *scalars(n_seg, cps), loc.stride(0), loc.stride(1), MODE=1,
+               SAVE_ALL=False, **common)
         _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse=False)
-    kernel[grid](*ins, states, dtsum, *scalars(n_seg, cps), states.stride(0), states.stride(1), MODE=0,
-                 SAVE_ALL=save, **common)
+    launch(kernel, grid, *ins, states, dtsum, *scalars(n_seg, cps), states.stride(0), states.stride(1), MODE=0,
+           SAVE_ALL=save, **common)
     last = states[:, p["n_chunks"]] if save else states[:, (n_seg - 1) * 2 + p["n_chunks"] % 2]
     return states, dtsum, last
 
 
 def _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse):
     blk = 256
-    segment_combine_kernel[(triton.cdiv(pr.dim * pr.N, blk), pr.b * pr.K)](
-        states, loc, dtsum, pr.A32, pr.dim, pr.N, pr.p["n_chunks"], cps, n_seg, pr.K,
-        states.stride(0), states.stride(1), loc.stride(0), loc.stride(1),
-        BLOCK=blk, SAVE_ALL=save, REVERSE=reverse)
+    launch(segment_combine_kernel, (_cdiv(pr.dim * pr.N, blk), pr.b * pr.K),
+           states, loc, dtsum, pr.A32, pr.dim, pr.N, pr.p["n_chunks"], cps, n_seg, pr.K,
+           states.stride(0), states.stride(1), loc.stride(0), loc.stride(1),
+           BLOCK=blk, SAVE_ALL=save, REVERSE=reverse)
 
 
 def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_atomic=False):
@@ -475,10 +505,14 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
                         dB=varying.get("dB", torch.float32), dC=varying.get("dC", torch.float32),
                         carry=torch.float32, scratch=torch.float32, dtsum=torch.float32, s_cb=2 * dim * N)
         return args(stand_in, p["n_seg"], p["cps"])
-    n_seg, cps = _segments(pr, 1, rows, kernel, probe, dict(common, MODE=0))
-    carry = torch.zeros(bk, 2 * n_seg, dim, N, **f32)
+    n_seg, cps = _segments(pr, 1, rows, kernel, probe, dict(common, MODE=0), dout.dtype)
+    new = _uninit if seq else torch.zeros     # as in _forward: only the carry into the end is read unwritten
+    carry = new(bk, 2 * n_seg, dim, N, **f32)
+    last = (n_seg - 1) * 2 + (n_chunks - 1) % 2
     if dlast is not None:
-        carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
+        carry[:, last] = dlast.float()
+    elif seq:
+        carry[:, last] = 0.0
     b = dict(dA=torch.empty(bk, n_seg, dim, N, **f32), dD=torch.empty(bk, n_seg * nsplit, dim, **f32),
              dbias=torch.empty(bk, n_seg * nsplit, dim, **f32),
              dW=torch.empty(bk, n_seg * nsplit, dim, pr.rank, **f32) if pr.W32 is not None else None,
@@ -489,13 +523,13 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
              dtsum=torch.empty(bk, n_seg, dim, **f32) if seq else dtsum)
     grid = (p["n_blk"] * nsplit, bk, n_seg)
 
-    def launch(mode, carry_buf):
-        kernel[grid](*args(dict(b, carry=carry_buf, s_cb=carry_buf.stride(0)), n_seg, cps), MODE=mode, **common)
+    def run_pass(mode, carry_buf):
+        launch(kernel, grid, *args(dict(b, carry=carry_buf, s_cb=carry_buf.stride(0)), n_seg, cps), MODE=mode, **common)
     if n_seg > 1:
-        loc = torch.zeros_like(carry)
-        launch(1, loc)      # the sequential summary pass also writes the segments' dt sums into b["dtsum"]
+        loc = new(carry.shape, **f32)
+        run_pass(1, loc)    # the sequential summary pass also writes the segments' dt sums into b["dtsum"]
         _combine(carry, loc, b["dtsum"], pr, n_seg, cps, False, reverse=True)
-    launch(0, carry)
+    run_pass(0, carry)
     if split:   # back to the dtypes of the unsplit kernel
         du = du if du_atomic else du.to(pr.u.dtype)
         ddelta = ddelta if pr.W32 is not None else ddelta.to(pr.delta.dtype)
@@ -539,13 +573,14 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, states, dtsum)
             ctx.meta = (softplus, initial_state is not None, A.dtype,
                         None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
+            ctx.plan = pr.p
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A32, B, C, D32, z, bias32, states, dtsum = ctx.saved_tensors
         softplus, has_init, A_dtype, D_dtype, bias_dtype = ctx.meta
-        pr = _Problem(u, delta, A32, B, C, D32, z, bias32, softplus)
+        pr = _Problem(u, delta, A32, B, C, D32, z, bias32, softplus, plan=ctx.plan)
         dout = dout.contiguous()
         g = _backward(pr, states, dtsum, dout, (dout.stride(0), dout.stride(1), 0), dlast=dlast)
         nd = ctx.needs_input_grad

@@ -7,6 +7,8 @@ import triton
 import triton.language as tl
 
 from .scan_fwd import LOG2E, _softplus
+from .launch import launch
+from .selective_scan import _cdiv, _pow2
 
 
 @triton.jit
@@ -53,10 +55,10 @@ def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softp
     B, C = B.contiguous(), C.contiguous()
     x, dt = x.contiguous(), dt.contiguous()
     out = torch.empty(b, dim, device=x.device, dtype=x.dtype)
-    bn = triton.next_power_of_2(N)
-    bd = max(1, min(64, 2048 // bn, triton.next_power_of_2(dim)))
+    bn = _pow2(N)
+    bd = max(1, min(64, 2048 // bn, _pow2(dim)))
     zz = z.contiguous() if z is not None else x
-    state_update_kernel[(triton.cdiv(dim, bd), b)](
+    launch(state_update_kernel, (_cdiv(dim, bd), b),
         state, x, dt, A32, B, C, D.float() if D is not None else A32, zz,
         dt_bias.float() if dt_bias is not None else A32, out,
         dim, N, dim // B.shape[1], dim // C.shape[1], state.stride(0), x.stride(0), dt.stride(0), zz.stride(0),

@@ -132,3 +132,35 @@ def test_segment_split_follows_the_compiled_kernels(monkeypatch):
                 else ss._split_for_target(-(-s["L"] // s["bt"]), s["rows"], ss.SEQ_BWD_WAVES * s["resident"]))
         assert (s["n_seg"], s["cps"]) == want, s
         assert s["n_seg"] == -(-s["L"] // s["bt"]) > 1, s
+
+
+def test_cached_launch_path_matches_tritons_own(monkeypatch):
+    """kernels/launch.py calls the compiled kernels' launcher directly once it has seen a
+    specialisation: the scan takes that path on a GPU, and gives what ``kernel[grid]`` gives
+    (forward bit for bit; gradients up to the order of the float32 atomic adds), also when an
+    unaligned B / C view changes Triton's specialisation between calls."""
+    from vscan.kernels import launch as lk
+    g = torch.Generator(device="cuda").manual_seed(5)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    b, L, d, N = 2, 300, 96, 16
+    bc = r(b, L, 1, 2 * N + 1)
+    base = dict(u=r(b, L, d), delta=r(b, L, d) * 0.5 - 1.0, A=-torch.exp(r(d, N) * 0.5), D=r(d), z=r(b, L, d),
+                delta_bias=r(d) * 0.1)
+    gy = r(b, L, d)
+
+    def go(B, C):
+        lv = {k: v.clone().requires_grad_(True) for k, v in dict(base, B=B, C=C).items()}
+        y = selective_scan(lv["u"], lv["delta"], lv["A"], lv["B"], lv["C"], lv["D"], z=lv["z"],
+                           delta_bias=lv["delta_bias"], delta_softplus=True, backend="triton")
+        return y, torch.autograd.grad((y * gy).sum(), list(lv.values()))
+    for B, C in ((bc[..., :N], bc[..., N:2 * N]), (bc[..., 1:N + 1], bc[..., N + 1:])):   # aligned, then not
+        monkeypatch.delenv("VSCAN_FAST_LAUNCH", raising=False)
+        go(B, C)
+        fast = lk.STATS["fast"]
+        y1, g1 = go(B, C)
+        assert lk.STATS["fast"] > fast
+        monkeypatch.setenv("VSCAN_FAST_LAUNCH", "0")
+        y0, g0 = go(B, C)
+        assert torch.equal(y1, y0)
+        for a, c in zip(g1, g0):
+            assert rel(a, c) < 1e-6

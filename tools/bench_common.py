@@ -5,6 +5,7 @@ import datetime
 import os
 import platform
 import sys
+import time
 
 import torch
 
@@ -56,11 +57,58 @@ def time_once_ms(fn, reps=2) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def host_ms(fn, calls: int = 20) -> float:
+    """Milliseconds of CPU time per call of ``fn`` while the GPU is busy: the calls are queued
+    behind a GPU sleep, so this is the launch path alone (Python, argument checks, allocations,
+    kernel launches). When it approaches the do_bench time, that time measures the host."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(2e8))          # about 0.1 s at 2 GHz: longer than the calls take to queue
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e3
+
+
+def graph_ms(fn, warmup=25, rep=100):
+    """do_bench median of ``fn`` captured once in a CUDA graph and replayed: GPU time without the
+    host's launch path. None (and the reason) where capture fails."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        return bench_ms(g.replay, warmup=warmup, rep=rep), None
+    except Exception as e:   # capture needs a host path without syncs
+        return None, f"{type(e).__name__}: {e}"[:200]
+
+
+def kernel_breakdown(fn, iters: int = 10) -> list:
+    """GPU time per call of ``fn`` by kernel name (torch.profiler, CUDA activity), largest first:
+    [(name, microseconds per call, launches per call)]."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    rows = [(ev.key[:60], getattr(ev, "self_device_time_total", 0.0) / iters, ev.count / iters)
+            for ev in prof.key_averages() if ev.device_type == torch.autograd.DeviceType.CUDA]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def gpu_warmup(seconds: float = 3.0) -> None:
     """Keep the GPU busy for a few seconds before timing. On a machine just started, the first
     shape timed came out 1.3-1.5x slow in forward (H200, 2026-12-02: vim_s_224 0.35-0.41 ms
     in three cold calls vs 0.267 ms warm), whatever was timed or checked before it."""
-    import time
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:

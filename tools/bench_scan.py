@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import (add_row, bench_ms, copy_bandwidth_gbs, env_stamp, exp2_rate_per_s, gpu_warmup,  # noqa: E402
-                          print_markdown, time_once_ms, write_json)
+                          graph_ms, host_ms, kernel_breakdown, print_markdown, time_once_ms, write_json)
 
 from vscan.kernels.selective_scan import LAST_SPLIT  # noqa: E402
 from vscan.ops import selective_scan  # noqa: E402
@@ -104,7 +104,7 @@ def floors(b, d, L, N, bw, exprate, s=2, G=1, kz=1):
     return f_fwd, f_all
 
 
-def time_shape(name, shape, with_ref=True):
+def time_shape(name, shape, with_ref=True, host=False):
     b, d, L, N = shape
     inp = make_inputs(b, d, L, N)
     x = with_grad(inp)
@@ -125,6 +125,16 @@ def time_shape(name, shape, with_ref=True):
     split_fwd = dict(LAST_SPLIT.get(0, {}))
     res["fwdbwd_ms"] = bench_ms(fwdbwd)
     res["split"] = dict(fwd=split_fwd, bwd=dict(LAST_SPLIT.get(1, {})))   # segments chosen per launch
+    if host:
+        # the forward that saves chunk states for backward (a different compile from fwd_ms's),
+        # the host's launch path per call, CUDA-graph replays (GPU time alone), and GPU time per kernel
+        res["fwd_train_ms"] = bench_ms(lambda: run_scan(x, "triton"))
+        res["host_fwd_ms"], res["host_fwdbwd_ms"] = host_ms(fwd), host_ms(fwdbwd)
+        res["graph_fwd_ms"], err_f = graph_ms(fwd)
+        res["graph_fwdbwd_ms"], err_fb = graph_ms(fwdbwd)
+        if err_f or err_fb:
+            res["graph_error"] = err_f or err_fb
+        res["kernels_fwdbwd_us"] = [list(r) for r in kernel_breakdown(fwdbwd)[:12]]
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fwdbwd()
@@ -177,6 +187,9 @@ def main(argv=None):
                     help="sequential backward variants to time too, 'P,R;P,R' (VSCAN_SCAN_BWD: B/C prefetch 0/1, "
                          "register cap or 0)")
     ap.add_argument("--no-chunked", action="store_true", help="skip the chunked kernels")
+    ap.add_argument("--host", action="store_true",
+                    help="also time the training forward, the host launch path per call, CUDA-graph replays "
+                         "and GPU time per kernel (torch.profiler)")
     ap.add_argument("--targets", default="",
                     help="fixed segment targets to time too, 'F[,B];...' programs (VSCAN_SCAN_TARGET_PROGRAMS; "
                          "the split before the occupancy rules was 16 per SM, 2112 on 132 SMs)")
@@ -222,7 +235,8 @@ def main(argv=None):
         use_kernel(kind, tile)
         for name in names:
             shape, cuda_fwd, cuda_all = SHAPES[name]
-            r = time_shape(name, shape, with_ref=(kind == "sequential" and tile is None and not args.no_ref))
+            r = time_shape(name, shape, with_ref=(kind == "sequential" and tile is None and not args.no_ref),
+                           host=args.host)
             f_fwd, f_all = floors(*shape, bw, exprate)
             r.update(name=name, shape=shape, kernel=kind, tile=tile or "default",
                      floor_fwd_ms=f_fwd, floor_fwdbwd_ms=f_all,
@@ -246,6 +260,15 @@ def main(argv=None):
         [[f"{r['name']} {tuple(r['shape'])}", f"{r['kernel']}, {r['tile']}", f"{r['fwd_ms']:.3f}", f"{r['fwdbwd_ms']:.3f}",
           f"{r['frac_floor_fwd']:.2f}", f"{r['frac_floor_fwdbwd']:.2f}", f"{r['vs_cuda_fwd']:.2f}",
           f"{r['vs_cuda_fwdbwd']:.2f}", f"{r.get('speedup_vs_ref_fwdbwd', float('nan')):.0f}"] for r in rows])
+    if args.host:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        print_markdown(
+            ["shape", "kernel, tile", "fwd (train) ms", "host fwd ms", "host f+b ms", "graph fwd ms", "graph f+b ms"],
+            [[r["name"], f"{r['kernel']}, {r['tile']}", fmt(r["fwd_train_ms"]), fmt(r["host_fwd_ms"]),
+              fmt(r["host_fwdbwd_ms"]), fmt(r["graph_fwd_ms"]), fmt(r["graph_fwdbwd_ms"])] for r in rows])
+        for r in rows:
+            print(r["name"], r["tile"], "GPU us per f+b call by kernel:",
+                  "; ".join(f"{n} {t:.0f} (x{c:g})" for n, t, c in r["kernels_fwdbwd_us"]), flush=True)
     return 0
 
 

@@ -2,6 +2,7 @@
 kernel (registers, spills, shared memory) and, under Nsight Compute, its stall reasons.
 
     python tools/profile_scan.py --shape long                 # resources + timing
+    python tools/profile_scan.py --shape vim_s_224 --host 200 # where the host's launch path goes
     ncu --clock-control none -k regex:scan_ -c 4 --section WarpStateStats --section Occupancy \\
         --section LaunchStats --section SpeedOfLight python tools/profile_scan.py --shape long --once
 
@@ -51,6 +52,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="long", choices=list(SHAPES))
     ap.add_argument("--once", action="store_true", help="one forward+backward only (for ncu)")
+    ap.add_argument("--host", type=int, default=0, metavar="CALLS",
+                    help="profile the host side of CALLS forward+backward calls (cProfile, top functions by own time)")
     args = ap.parse_args(argv)
     (b, d, L, N), _, _ = SHAPES[args.shape]
     inp = make_inputs(b, d, L, N)
@@ -63,6 +66,17 @@ def main(argv=None):
     fb()
     torch.cuda.synchronize()
     if args.once:
+        return 0
+    if args.host:
+        import cProfile
+        import pstats
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.host):
+            fb()
+        prof.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
         return 0
     for row in kernel_resources():
         print("kernel %s: registers %s, spills %s, shared %s" % row)
