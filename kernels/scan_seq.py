@@ -11,7 +11,9 @@ arithmetic of step t: they do not depend on the state, and the loop is latency-b
 
 Parallelism over the sequence comes from segments exactly as in the chunked kernels (and with
 the same state slots, so `segment_combine_kernel` chains both): MODE 1 computes a segment's
-end state (forward) or carry (backward) from a zero start.
+end state (forward) or carry (backward) from a zero start. The combine never reads the last
+segment's summary going forwards or the first one's going backwards, so the host launches
+MODE 1 over the other n_seg - 1 segments only.
 
 Backward, per chunk of BLOCK_T steps (reversed): recompute the states forward from the saved
 chunk-start state, keeping one state per SUB steps in a small per-program scratch buffer; then
@@ -563,6 +565,8 @@ def scan_bwd_seq_kernel(
     pid_n = pid_x % NSPLIT
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
+    if MODE == 1:   # the host launches the summary pass for segments 1 .. n_seg - 1 (no one reads segment 0's)
+        pid_s += 1
     offs_d, offs_n, dmask, nmask, m_nd = _tile_index(pid_d, DIM, NSTATE, BLOCK_D, BLOCK_N, EVEN_N, pid_n)
     g_d = offs_d // ch_per_group
     g0 = (pid_d * BLOCK_D) // ch_per_group

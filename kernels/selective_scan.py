@@ -419,7 +419,9 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
     grid = (p["n_blk"], bk, n_seg)
     if n_seg > 1:
         loc = new(bk, 2 * n_seg, pr.dim, pr.N, **f32)
-        launch(kernel, grid, *ins, loc, dtsum, *scalars(n_seg, cps), loc.stride(0), loc.stride(1), MODE=1,
+        # the combine reads the summaries of segments 0 .. n_seg - 2 only (sequential kernels)
+        grid1 = (grid[0], grid[1], n_seg - 1) if seq else grid
+        launch(kernel, grid1, *ins, loc, dtsum, *scalars(n_seg, cps), loc.stride(0), loc.stride(1), MODE=1,
                SAVE_ALL=False, **common)
         _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse=False)
     launch(kernel, grid, *ins, states, dtsum, *scalars(n_seg, cps), states.stride(0), states.stride(1), MODE=0,
@@ -524,7 +526,9 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     grid = (p["n_blk"] * nsplit, bk, n_seg)
 
     def run_pass(mode, carry_buf):
-        launch(kernel, grid, *args(dict(b, carry=carry_buf, s_cb=carry_buf.stride(0)), n_seg, cps), MODE=mode, **common)
+        # the sequential summary pass (MODE 1) runs segments 1 .. n_seg - 1: the combine never reads segment 0's
+        g = (grid[0], grid[1], n_seg - 1) if (seq and mode == 1) else grid
+        launch(kernel, g, *args(dict(b, carry=carry_buf, s_cb=carry_buf.stride(0)), n_seg, cps), MODE=mode, **common)
     if n_seg > 1:
         loc = new(carry.shape, **f32)
         run_pass(1, loc)    # the sequential summary pass also writes the segments' dt sums into b["dtsum"]
