@@ -173,14 +173,23 @@ def _split_for_target(n_chunks: int, rows: int, target: int) -> tuple[int, int]:
 # segments, long: 11), which measured 6% and 10% slower there than 5 and 22 segments (2.4 and
 # 2 waves) in the same run: more programs than slots paid, although the model counts a partial
 # wave as a whole one.
+# Each segment beyond the first also costs SEQ_FWD_SEG_COST wave-steps: a step of the combine,
+# which walks the segments one after another, plus the segment's two state slots. Without it the
+# model is nearly flat in the number of segments and, with 8-step chunks at the long shape, chose
+# 2048 one-chunk segments for the training forward: 2.7 ms instead of 1.2, a 1 ms combine and
+# 400 MB of segment summaries (H100, 2026-12-05, results/bench_scan_host_h100/). 0.5: that
+# combine took about 0.5 us per segment, a step of one wave of the forward about 1.3 us.
 SEQ_FWD_MODE1_COST = 0.6       # a summary-pass step relative to a main-pass step
+SEQ_FWD_SEG_COST = 0.5         # wave-steps per extra segment
 SEQ_BWD_WAVES = 2
 
 
 @functools.lru_cache(maxsize=256)
-def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float) -> tuple[int, int]:
+def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float,
+                  seg_cost: float = 0.0) -> tuple[int, int]:
     """(segments, chunks per segment) for L steps in chunks of bt: least waves x steps of the
-    longest segment x (1 + mode1_cost if split); fewer segments on ties."""
+    longest segment x (1 + mode1_cost if split) + seg_cost x (segments - 1); fewer segments on
+    ties."""
     n_chunks = _cdiv(L, bt)
     cands = set()
     for n in range(1, math.isqrt(n_chunks) + 2):   # every distinct cps is ceil(n_chunks / n) or n
@@ -190,7 +199,8 @@ def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float) 
     for cps in sorted(cands, reverse=True):        # many chunks per segment (few segments) first
         n_seg = _cdiv(n_chunks, cps)
         steps = min(cps * bt, L)
-        cost = _cdiv(rows * n_seg, resident) * steps * (1.0 + (mode1_cost if n_seg > 1 else 0.0))
+        cost = (_cdiv(rows * n_seg, resident) * steps * (1.0 + (mode1_cost if n_seg > 1 else 0.0))
+                + seg_cost * (n_seg - 1))
         if best is None or cost < best[0] - 1e-9:
             best = (cost, n_seg, cps)
     return best[1], best[2]
@@ -250,7 +260,7 @@ def _segments(pr, which: int, rows: int, kernel, probe, kwargs, out_dtype) -> tu
         split = _split_for_target(p["n_chunks"], rows, target)
     elif pr.u.is_cuda and (resident := _resident_programs(kernel, probe, kwargs, pr.u.device,
                                                           (*pr.dtypes, out_dtype))):
-        split = (_seq_segments(pr.L, p["bt"], rows, resident, SEQ_FWD_MODE1_COST) if which == 0
+        split = (_seq_segments(pr.L, p["bt"], rows, resident, SEQ_FWD_MODE1_COST, SEQ_FWD_SEG_COST) if which == 0
                  else _split_for_target(p["n_chunks"], rows, SEQ_BWD_WAVES * resident))
     else:
         split = p["n_seg"], p["cps"]

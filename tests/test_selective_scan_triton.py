@@ -161,15 +161,17 @@ def test_backward_splits_states_from_n32_or_n16_lean(monkeypatch):
         _plan(256, 64, 2, 16, 64, cpu)
 
 
-def _brute_segments(L, bt, rows, resident, mode1_cost):
+def _brute_segments(L, bt, rows, resident, mode1_cost, seg_cost=0.0):
     """Every split n = 1 .. n_chunks in the same cost model (waves x steps of the longest segment
-    x (1 + mode1_cost) when split): the least cost, fewest segments on ties."""
+    x (1 + mode1_cost) when split, + seg_cost per extra segment): the least cost, fewest segments
+    on ties."""
     n_chunks = -(-L // bt)
     best = None
     for n in range(1, n_chunks + 1):
         cps = -(-n_chunks // n)
         n_seg = -(-n_chunks // cps)
-        cost = -(-rows * n_seg // resident) * min(cps * bt, L) * (1 + (mode1_cost if n_seg > 1 else 0))
+        cost = (-(-rows * n_seg // resident) * min(cps * bt, L) * (1 + (mode1_cost if n_seg > 1 else 0))
+                + seg_cost * (n_seg - 1))
         if best is None or cost < best[0] - 1e-9 or (abs(cost - best[0]) < 1e-9 and n_seg < best[1]):
             best = (cost, n_seg, cps)
     return best[1], best[2]
@@ -180,7 +182,7 @@ def test_segment_split_fits_waves():
     shapes of issue 2 on an H200 (132 SMs, 25 forward programs per SM at N = 16; the splits
     results/bench_scan_split_h200 recorded), and the search over distinct chunks-per-segment
     values against trying every split. The backward's rule: about two waves."""
-    from vscan.kernels.selective_scan import SEQ_BWD_WAVES, _seq_segments, _split_for_target
+    from vscan.kernels.selective_scan import SEQ_BWD_WAVES, SEQ_FWD_SEG_COST, _seq_segments, _split_for_target
     assert _seq_segments(2048, 64, 512, 3300, 0.6) == (32, 1)     # text: 5 waves of one-chunk segments
     assert _seq_segments(16384, 64, 96, 3300, 0.6) == (32, 8)     # long: one wave of 3072
     assert _seq_segments(197, 64, 1536, 3300, 0.6) == (1, 4)      # vim-s-224: 1536 programs already
@@ -189,14 +191,19 @@ def test_segment_split_fits_waves():
     # the backward (8 programs per SM): 5 and 22 segments for text and long, as measured fastest
     assert [_split_for_target(-(-L // 64), rows, SEQ_BWD_WAVES * 1056)
             for L, rows in ((2048, 512), (16384, 96), (197, 1536))] == [(5, 7), (22, 12), (2, 2)]
+    # the cost per extra segment keeps the training forward (21 programs per SM) at 8-step chunks
+    # of the long shape off 2048 one-chunk segments (measured 2.7 vs 1.2 ms on an H100)
+    assert _seq_segments(16384, 8, 96, 2772, 0.6) == (2048, 1)
+    assert _seq_segments(16384, 8, 96, 2772, 0.6, SEQ_FWD_SEG_COST) == (57, 36)
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
         L, bt, rows, resident = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (9000, 80, 3000, 3000))
-        cost = float(torch.rand(1, generator=g))
-        n_seg, cps = _seq_segments(L, bt, rows, resident, cost)
-        n_chunks = -(-L // bt)
-        assert (n_seg - 1) * cps < n_chunks <= n_seg * cps
-        assert (n_seg, cps) == _brute_segments(L, bt, rows, resident, cost), (L, bt, rows, resident, cost)
+        cost, seg_cost = float(torch.rand(1, generator=g)), float(torch.rand(1, generator=g))
+        for sc in (0.0, seg_cost):
+            n_seg, cps = _seq_segments(L, bt, rows, resident, cost, sc)
+            n_chunks = -(-L // bt)
+            assert (n_seg - 1) * cps < n_chunks <= n_seg * cps
+            assert (n_seg, cps) == _brute_segments(L, bt, rows, resident, cost, sc), (L, bt, rows, resident, cost, sc)
 
 
 def test_blocks_per_sm_matches_the_occupancy_calculator():

@@ -124,7 +124,8 @@ def time_shape(name, shape, with_ref=True, host=False):
     res = dict(fwd_ms=bench_ms(fwd))
     split_fwd = dict(LAST_SPLIT.get(0, {}))
     res["fwdbwd_ms"] = bench_ms(fwdbwd)
-    res["split"] = dict(fwd=split_fwd, bwd=dict(LAST_SPLIT.get(1, {})))   # segments chosen per launch
+    # segments chosen per launch: the no-grad forward, and the forward and backward of f+b
+    res["split"] = dict(fwd=split_fwd, fwd_train=dict(LAST_SPLIT.get(0, {})), bwd=dict(LAST_SPLIT.get(1, {})))
     if host:
         # the forward that saves chunk states for backward (a different compile from fwd_ms's),
         # the host's launch path per call, CUDA-graph replays (GPU time alone), and GPU time per kernel
