@@ -5,7 +5,9 @@ each, and ``JITFunction.run`` redoes per launch what only changes when the argum
 specialisation does: binding every argument to a fresh dict, ``str()`` of the options for
 the cache key, a check of each global the kernel reads. On an H100 host (2026-12-05,
 results/bench_scan_host_h100/) the host side of one vim-s-224 forward+backward took about
-1.9 ms against 1.0 ms of GPU time, so the GPU waited on Python.
+1.7 ms against 1.0 ms of GPU time, so the GPU waited on Python. Its four launches through
+``JITFunction.run`` took about 90 us each; with this path the call took 1077 instead of
+1465 us on another H100 host (tools/profile_host.py).
 
 ``launch`` keys each call on what Triton specialises on (tensor dtypes and 16-byte
 alignment, integers equal to 1 or divisible by 16 and their width, the constexprs and
