@@ -15,7 +15,6 @@ import math
 import os
 
 import torch
-import triton
 
 from .launch import launch
 from .scan_bwd import scan_bwd_kernel

@@ -104,16 +104,25 @@ def floors(b, d, L, N, bw, exprate, s=2, G=1, kz=1):
     return f_fwd, f_all
 
 
-def time_shape(name, shape, with_ref=True, host=False):
+def shape_calls(shape):
+    """Inputs of a (batch, channels, length, N) shape and the calls the tools time: the no-grad
+    forward and forward+backward. Returns (inp, x, gy, fwd, fwdbwd); x are inp's leaves."""
     b, d, L, N = shape
     inp = make_inputs(b, d, L, N)
     x = with_grad(inp)
     gy = torch.randn(b, L, d, device="cuda", dtype=torch.bfloat16)
-    fwd = lambda: run_scan(inp, "triton")  # noqa: E731
+
+    def fwd():
+        return run_scan(inp, "triton")
 
     def fwdbwd():
         y = run_scan(x, "triton")
         torch.autograd.grad(y, list(x.values()), gy)
+    return inp, x, gy, fwd, fwdbwd
+
+
+def time_shape(name, shape, with_ref=True, host=False):
+    inp, x, gy, fwd, fwdbwd = shape_calls(shape)
     # compile this shape's kernels, then warm the GPU out of the compile's idle gap: the first
     # shape after a configuration compiled came out up to 1.8x slow (H100, 2026-12-05,
     # results/bench_scan_lanesplit_h100/). vim-s-224 still spread by that much with this warm-up

@@ -20,7 +20,7 @@ import triton
 from triton.runtime import jit as tjit
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_scan import SHAPES, make_inputs, run_scan, with_grad  # noqa: E402
+from bench_scan import SHAPES, shape_calls  # noqa: E402
 
 import vscan.kernels.selective_scan as sel  # noqa: E402
 
@@ -62,17 +62,7 @@ def main(argv=None):
     wrap(tjit.JITFunction, "run", "triton run")
     for n in ("_forward", "_backward", "_param_grad", "_bc_grad", "_Problem", "_segments"):
         wrap(sel, n, n)
-    (b, d, L, N), _, _ = SHAPES[shape]
-    inp = make_inputs(b, d, L, N)
-    x = with_grad(inp)
-    gy = torch.randn(b, L, d, device="cuda", dtype=torch.bfloat16)
-
-    def fb():
-        y = run_scan(x, "triton")
-        torch.autograd.grad(y, list(x.values()), gy)
-
-    def f():
-        run_scan(inp, "triton")
+    _, _, _, f, fb = shape_calls(SHAPES[shape][0])
     for fn, name in ((f, "fwd"), (fb, "f+b")):
         for _ in range(3):
             fn()

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import bench_ms  # noqa: E402
-from bench_scan import SHAPES, make_inputs, run_scan, with_grad  # noqa: E402
+from bench_scan import SHAPES, shape_calls  # noqa: E402
 
 
 def _compiled(obj, depth=0):
@@ -55,14 +55,7 @@ def main(argv=None):
     ap.add_argument("--host", type=int, default=0, metavar="CALLS",
                     help="profile the host side of CALLS forward+backward calls (cProfile, top functions by own time)")
     args = ap.parse_args(argv)
-    (b, d, L, N), _, _ = SHAPES[args.shape]
-    inp = make_inputs(b, d, L, N)
-    x = with_grad(inp)
-    gy = torch.randn(b, L, d, device="cuda", dtype=torch.bfloat16)
-
-    def fb():
-        y = run_scan(x, "triton")
-        torch.autograd.grad(y, list(x.values()), gy)
+    _, _, _, fwd, fb = shape_calls(SHAPES[args.shape][0])
     fb()
     torch.cuda.synchronize()
     if args.once:
@@ -80,7 +73,7 @@ def main(argv=None):
         return 0
     for row in kernel_resources():
         print("kernel %s: registers %s, spills %s, shared %s" % row)
-    print(f"{args.shape}: fwd {bench_ms(lambda: run_scan(inp, 'triton')):.3f} ms, fwd+bwd {bench_ms(fb):.3f} ms")
+    print(f"{args.shape}: fwd {bench_ms(fwd):.3f} ms, fwd+bwd {bench_ms(fb):.3f} ms")
     return 0
 
 
