@@ -213,9 +213,11 @@ def _approx(x, OP: tl.constexpr):
 
 @triton.jit
 def _softplus_seq(x, FAST: tl.constexpr):
-    """softplus(x) = max(x, 0) + log(1 + exp(-|x|)); on a GPU the log is one lg2.approx (relative
-    error about 2**-22) instead of libdevice's logf polynomial, which compiled to 11 FFMA in each of
-    the backward's three loops. Like the exact form, it gives 0 where exp(-|x|) < 2**-24."""
+    """softplus(x) = max(x, 0) + log(1 + exp(-|x|)); on a GPU the log is one lg2.approx instead
+    of libdevice's logf polynomial, which compiled to 11 FFMA in each of the backward's three
+    loops. Its absolute error near 1 (about 2**-22) is of the order of the float32 rounding of
+    1 + exp(-|x|) that the exact form already has, so for very negative x both are accurate in
+    absolute, not relative, terms; both give 0 where exp(-|x|) < 2**-24."""
     if FAST:
         y = tl.maximum(x, 0.0) + _approx(1.0 + _exp2(-tl.abs(x) * LOG2E, True), "lg2") * LN2
     else:

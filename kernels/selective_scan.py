@@ -361,7 +361,8 @@ class _Problem:
             groups = B.shape[2] if self.B_vary else (C.shape[2] if self.C_vary else 1)
             self.cpg = self.dim // groups
         # the backward passes the forward's plan: the saved states are laid out by its tile
-        self.p = plan or _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device, lean=W32 is not None)
+        self.p = plan if plan is not None else _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device,
+                                                     lean=W32 is not None)
         self.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, B, C, z, W32, idx))
 
     def flags(self):
