@@ -1,12 +1,13 @@
 """Selective-scan benchmark: Triton kernels vs the PyTorch reference, against the hardware floor.
 
-    python tools/bench_scan.py --out results/bench_scan.json [--sweep] [--smoke]
+    python tools/bench_scan.py --out results/bench_scan.json [--sweep] [--host]
 
 Checks correctness against the reference first (float32 vs float64; bf16 error vs the
 reference's own bf16 error), then times forward and forward+backward (do_bench medians) at the
 shapes of issue 2 with bf16 u/delta/B/C/z, float32 A/D/delta_bias, softplus and z gating, one
 group. Floor = max(minimal bytes / measured copy bandwidth, exps / measured exp2 rate), per
-../shared/reference/kernels.md section 5.
+../shared/reference/kernels.md section 5. ``--host`` also times the host's launch path per call
+and CUDA-graph replays: where the first approaches do_bench's time, do_bench measured the host.
 """
 from __future__ import annotations
 
@@ -125,8 +126,9 @@ def time_shape(name, shape, with_ref=True, host=False):
     inp, x, gy, fwd, fwdbwd = shape_calls(shape)
     # compile this shape's kernels, then warm the GPU out of the compile's idle gap: the first
     # shape after a configuration compiled came out up to 1.8x slow (H100, 2026-12-05,
-    # results/bench_scan_lanesplit_h100/). vim-s-224 still spread by that much with this warm-up
-    # (H200, results/bench_scan_opaque_h200/), so the gap is not the whole cause.
+    # results/bench_scan_lanesplit_h100/). vim-s-224 still spread by that much with this warm-up:
+    # its f+b is host-bound, and the host's speed differs between machines (--host shows it;
+    # results/bench_scan_host_h100/).
     fwdbwd()
     torch.cuda.synchronize()
     gpu_warmup(1.0)
