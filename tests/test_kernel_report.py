@@ -42,15 +42,16 @@ def test_backward_layout_and_lane_sum():
 
 def test_plain_backward_keeps_its_layout_without_spills():
     """The 1-D scan's backward (z gating, no index map: what tools/bench_scan.py times) keeps the
-    lanes-on-channels layout without spilling at N = 16."""
-    r = _report("--kernel", "bwd", "--n", "16", "--plain")["bwd"]
-    assert r["lanes_on_channels"], r["layouts"]
-    assert r["stack_bytes"] == 0, r
+    lanes-on-channels layout without spilling at N = 16, with the default tile and the old one."""
+    for tile in ((), ("--block-t", "64", "--sub", "8")):
+        r = _report("--kernel", "bwd", "--n", "16", "--plain", *tile)["bwd"]
+        assert r["lanes_on_channels"], r["layouts"]
+        assert r["stack_bytes"] == 0, (tile, r)
 
 
 def test_training_forward_holds_no_pointer_per_state():
     """The forward that saves chunk states for the backward (SAVE_ALL) stores them through one
-    opaque row pointer per lane (scan_seq._state_ptrs_in_loop). Addressed as ``ptr + chunk
+    opaque row pointer per lane (scan_seq._lane_rows). Addressed as ``ptr + chunk
     offset + state``, LLVM hoisted one 64-bit pointer per state out of the loop: 164 registers
     instead of 94 under Triton 3.8, which halves the programs an SM holds."""
     r = _report("--kernel", "fwd", "--n", "16", "--plain")["fwd"]

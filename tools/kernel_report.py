@@ -117,8 +117,9 @@ def main(argv=None):
     ap.add_argument("--plain", action="store_true",
                     help="one 1-D scan with z gating (the bench shapes) instead of a multi-direction layer")
     ap.add_argument("--no-lane-sum", action="store_true", help="backward: cross-lane sums instead of _lane_sum")
-    ap.add_argument("--block-t", type=int, default=64)
-    ap.add_argument("--sub", type=int, default=8)
+    ap.add_argument("--block-t", type=int, default=None,
+                    help="chunk-state interval (default: the plain build's SEQ_TILE in kernels/selective_scan.py)")
+    ap.add_argument("--sub", type=int, default=None, help="backward sub-chunk (default: SEQ_TILE's)")
     ap.add_argument("--maxnreg", type=int, default=0, help="register cap (0: none)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
     ap.add_argument("--json", action="store_true", help="print one JSON object {kernel: report} instead")
@@ -127,6 +128,9 @@ def main(argv=None):
         raise SystemExit(f"--n: the sequential kernels take 1 <= N <= 32, got {args.n}")
     if not os.path.exists(_tool("ptxas")):
         raise SystemExit(f"kernel_report: this Triton wheel has no {_tool('ptxas')}")
+    from vscan.kernels.selective_scan import SEQ_TILE
+    args.block_t = SEQ_TILE[0] if args.block_t is None else args.block_t
+    args.sub = SEQ_TILE[2] if args.sub is None else args.sub
     out = {}
     for kernel in (("fwd", "bwd") if args.kernel == "both" else (args.kernel,)):
         consts = constants(kernel, args.n, args.nsplit, args.lowrank, not args.no_lane_sum, args.block_t, args.sub,
