@@ -24,6 +24,7 @@ import collections
 import os
 
 import triton
+from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
 _I32 = 2**31
@@ -82,7 +83,6 @@ def launch(kernel, grid, *args, **kwargs) -> None:
         STATS["slow"] += 1
         kernel[grid](*args, **kwargs)
         return
-    from triton.runtime.driver import driver
     device = driver.active.get_current_device()
     key = (id(kernel), device, tuple(sorted(kwargs.items())), tuple(map(_spec, args)))
     entry = _CACHE.get(key)

@@ -57,13 +57,16 @@ def time_once_ms(fn, reps=2) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
-def host_ms(fn, calls: int = 20) -> float:
+def host_ms(fn, calls: int = 20, warm: bool = True, sleep_cycles: int = int(2e8)) -> float:
     """Milliseconds of CPU time per call of ``fn`` while the GPU is busy: the calls are queued
     behind a GPU sleep, so this is the launch path alone (Python, argument checks, allocations,
-    kernel launches). When it approaches the do_bench time, that time measures the host."""
-    fn()
+    kernel launches). When it approaches the do_bench time, that time measures the host.
+    ``warm``: one untimed call first; ``sleep_cycles``: the GPU sleep, which must outlast the
+    queueing (2e8 cycles is about 0.1 s at 2 GHz)."""
+    if warm:
+        fn()
     torch.cuda.synchronize()
-    torch.cuda._sleep(int(2e8))          # about 0.1 s at 2 GHz: longer than the calls take to queue
+    torch.cuda._sleep(sleep_cycles)
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()

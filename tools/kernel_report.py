@@ -51,10 +51,14 @@ def _signature(fn, consts):
 
 
 def constants(kernel: str, n: int = 16, nsplit: int = 1, lowrank: int = 0, lane_sum: bool = True,
-              block_t: int = 64, sub: int = 8, plain: bool = False) -> dict:
+              block_t: int | None = None, sub: int | None = None, plain: bool = False) -> dict:
     """The constexpr flags of a multi-direction layer's call (bf16, D, delta_bias, softplus,
     time-varying single-group B/C, an index map): what ``_Problem.flags`` would pass; with
     ``plain`` those of one 1-D scan with z gating (selective_scan, as tools/bench_scan.py runs it)."""
+    from vscan.kernels.selective_scan import _seq_tile
+    tile = _seq_tile(lean=lowrank > 0)       # the plan's tile: the lean one with dt_proj inside
+    block_t = tile[0] if block_t is None else block_t
+    sub = tile[2] if sub is None else sub
     bn = triton.next_power_of_2(n)
     c = dict(BLOCK_T=block_t, BLOCK_D=32, HAS_D=True, HAS_Z=plain, HAS_BIAS=True, SOFTPLUS=True, B_VARY=True,
              C_VARY=True, SINGLE_GROUP=True, EVEN_N=bn == n, FAST_EXP=True, MODE=0, HAS_IDX=not plain,
@@ -118,8 +122,9 @@ def main(argv=None):
                     help="one 1-D scan with z gating (the bench shapes) instead of a multi-direction layer")
     ap.add_argument("--no-lane-sum", action="store_true", help="backward: cross-lane sums instead of _lane_sum")
     ap.add_argument("--block-t", type=int, default=None,
-                    help="chunk-state interval (default: the plain build's SEQ_TILE in kernels/selective_scan.py)")
-    ap.add_argument("--sub", type=int, default=None, help="backward sub-chunk (default: SEQ_TILE's)")
+                    help="chunk-state interval (default: the tile kernels/selective_scan.py plans, lean with "
+                         "--lowrank; VSCAN_SCAN_SEQ applies)")
+    ap.add_argument("--sub", type=int, default=None, help="backward sub-chunk (default: the planned tile's)")
     ap.add_argument("--maxnreg", type=int, default=0, help="register cap (0: none)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
     ap.add_argument("--json", action="store_true", help="print one JSON object {kernel: report} instead")
@@ -128,9 +133,6 @@ def main(argv=None):
         raise SystemExit(f"--n: the sequential kernels take 1 <= N <= 32, got {args.n}")
     if not os.path.exists(_tool("ptxas")):
         raise SystemExit(f"kernel_report: this Triton wheel has no {_tool('ptxas')}")
-    from vscan.kernels.selective_scan import SEQ_TILE
-    args.block_t = SEQ_TILE[0] if args.block_t is None else args.block_t
-    args.sub = SEQ_TILE[2] if args.sub is None else args.sub
     out = {}
     for kernel in (("fwd", "bwd") if args.kernel == "both" else (args.kernel,)):
         consts = constants(kernel, args.n, args.nsplit, args.lowrank, not args.no_lane_sum, args.block_t, args.sub,

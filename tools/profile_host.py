@@ -20,6 +20,7 @@ import triton
 from triton.runtime import jit as tjit
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_common import host_ms  # noqa: E402
 from bench_scan import SHAPES, shape_calls  # noqa: E402
 
 import vscan.kernels.selective_scan as sel  # noqa: E402
@@ -70,13 +71,8 @@ def main(argv=None):
         acc.clear()
         cnt.clear()
         n = 30
-        torch.cuda._sleep(int(3e8))
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        tot = time.perf_counter() - t
-        torch.cuda.synchronize()
-        print(f"{shape} {name}: host {tot / n * 1e6:.0f} us per call;",
+        per_call_ms = host_ms(fn, n, warm=False, sleep_cycles=int(3e8))
+        print(f"{shape} {name}: host {per_call_ms * 1e3:.0f} us per call;",
               "; ".join(f"{k} {v / n * 1e6:.0f} us (x{cnt[k] / n:g})"
                         for k, v in sorted(acc.items(), key=lambda kv: -kv[1])))
     t0 = torch.zeros(16, device="cuda")
@@ -84,15 +80,7 @@ def main(argv=None):
     cs = {f"C{i}": i for i in range(10)}
     for name, call in (("1 arg", lambda: _k1[(1,)](t0, 5, B=4)),
                        ("46 args + 10 constexpr", lambda: _k46[(1,)](*([t0] * 10), *ints, **cs))):
-        call()
-        torch.cuda.synchronize()
-        torch.cuda._sleep(int(3e8))
-        t = time.perf_counter()
-        for _ in range(200):
-            call()
-        dt = (time.perf_counter() - t) / 200
-        torch.cuda.synchronize()
-        print(f"bare launch, {name}: {dt * 1e6:.1f} us")
+        print(f"bare launch, {name}: {host_ms(call, 200, sleep_cycles=int(3e8)) * 1e3:.1f} us")
     for name, alloc in (("empty", torch.empty), ("zeros", torch.zeros)):
         t = time.perf_counter()
         for _ in range(1000):
