@@ -40,3 +40,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def poisoned_buffers(monkeypatch):
+    """The scan's uninitialised buffers (kernels/selective_scan.py, ``_uninit``) filled with NaN
+    instead: a kernel that reads a slot before writing it then shows NaN. Yields the shapes
+    allocated that way."""
+    import vscan.kernels.selective_scan as sel
+    shapes = []
+
+    def nan_buffer(*shape, **kw):
+        shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
+        shapes.append(shape)
+        return torch.full(shape, float("nan"), **kw)
+    monkeypatch.setattr(sel, "_uninit", nan_buffer)
+    yield shapes

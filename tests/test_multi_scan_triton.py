@@ -212,3 +212,22 @@ def test_lean_register_cap(monkeypatch):
     assert _plan(3136, 192, 512, 16, 192, torch.device("cpu"))["maxnreg"] == SEQ_BWD[1]
     monkeypatch.setenv("VSCAN_SCAN_BWD", "0,96")
     assert _seq_bwd(lean=True) == (False, 96)
+
+
+def test_uninitialised_buffers_are_never_read_multi(monkeypatch, poisoned_buffers):
+    """As test_selective_scan_triton's poisoned-buffer test, on the multi-direction path, whose
+    backward gets no last-state gradient (dlast None: the host zeroes the carry's end slot):
+    NaN-filled state, summary and carry buffers leave forward and gradients equal to float64."""
+    poisoned = poisoned_buffers
+    monkeypatch.setenv("VSCAN_SCAN_SEQ", "8,1,8,1,4")
+    monkeypatch.setenv("VSCAN_SCAN_TARGET_PROGRAMS", "64,24")
+    index = get_order("cross").index((3, 7))
+    K, L = index.shape
+    x = make(1, L, K, 8, 3, False, torch.float32, seed=7)
+    gy = torch.randn(1, L, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y64, g64 = run(x, "f64", index, "sum", gy)
+    yk, gk = run(x, "triton", index, "sum", gy)
+    assert len(poisoned) >= 4
+    assert rel(yk, y64) < 1e-4
+    for k in g64:
+        assert torch.isfinite(gk[k]).all() and rel(gk[k], g64[k]) < 1e-4, k
