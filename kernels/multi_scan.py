@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .selective_scan import _backward, _bc_grad, _forward, _kernel_kind, _param_grad, _Problem
+from .selective_scan import _backward, _bc_grad, _forward, _kernel_kind, _param_grad, _param_sums, _Problem
 
 
 def _out_layout(merge, b, L, K, d, device, dtype):
@@ -68,7 +68,6 @@ class _MultiScanFn(torch.autograd.Function):
             s_dout, scale = (dout.stride(0), dout.stride(1), 0), (1.0 / pr.K if merge == "mean" else 1.0)
         g = _backward(pr, states, dtsum, dout, s_dout, dout_scale=scale, du_atomic=not per_dir)
         nd = ctx.needs_input_grad
-        K, dim, N = pr.K, pr.dim, pr.N
         # each float32 buffer is dropped as soon as it is cast (pop), so the casts do not stack up:
         # at N = 16 the float32 du and dB / dC buffers alive beside their casts were the peak
         du = g.pop("du").to(u.dtype) if not per_dir else g.pop("du")
@@ -76,11 +75,12 @@ class _MultiScanFn(torch.autograd.Function):
         dB = _bc_grad(True, g.pop("dB"), pr, B) if nd[3] else None
         dC = _bc_grad(True, g.pop("dC"), pr, C) if nd[4] else None
         dW = _param_grad(g["dW"], pr, W32.shape, W_dtype) if (W32 is not None and nd[10]) else None
+        dA, dD, dbias = _param_sums(g, pr)
         return (du, ddelta,
-                _param_grad(g["dA"], pr, (K, dim, N), A_dtype) if nd[2] else None,
+                dA.to(A_dtype) if nd[2] else None,
                 dB, dC,
-                _param_grad(g["dD"], pr, (K, dim), D_dtype) if (D32 is not None and nd[5]) else None,
-                _param_grad(g["dbias"], pr, (K, dim), bias_dtype) if (bias32 is not None and nd[6]) else None,
+                dD.to(D_dtype) if (D32 is not None and nd[5]) else None,
+                dbias.to(bias_dtype) if (bias32 is not None and nd[6]) else None,
                 None, None, None, dW)
 
 

@@ -157,14 +157,15 @@ def segment_combine_kernel(
     st_ptr, loc_ptr, dtsum_ptr, A_ptr,
     DIM, NSTATE, n_chunks, chunks_per_seg, n_seg, K_DIR,
     s_stb, s_stc, s_lb, s_lc,
-    BLOCK: tl.constexpr, SAVE_ALL: tl.constexpr, REVERSE: tl.constexpr,
+    BLOCK: tl.constexpr, SAVE_ALL: tl.constexpr, REVERSE: tl.constexpr, ZERO_START: tl.constexpr = False,
 ):
     """Chain segment summaries: S_next = exp(A * dtsum_seg) * S + E_seg (one program column per
     batch row; with K_DIR > 1 a row is a (batch, direction) pair).
 
     Forward: S starts at the initial state (slot of chunk 0) and each segment's start slot is
     written. Reverse (backward): S starts at the carry into the last segment and each
-    segment's carry-in slot (read by its last chunk) is written.
+    segment's carry-in slot (read by its last chunk) is written. ZERO_START: S starts from zeros
+    instead (no initial state / no gradient of the last state; that slot is not read).
     """
     pid = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -178,7 +179,10 @@ def segment_combine_kernel(
     if REVERSE:
         c_last = n_chunks - 1
         s_last = n_seg - 1
-        S = tl.load(st_ptr + (s_last * 2 + c_last % 2) * s_stc + offs, mask=mask, other=0.0)
+        if ZERO_START:
+            S = tl.zeros([BLOCK], dtype=tl.float32)
+        else:
+            S = tl.load(st_ptr + (s_last * 2 + c_last % 2) * s_stc + offs, mask=mask, other=0.0)
         for i in range(0, n_seg - 1):
             s = s_last - i
             c_begin = s * chunks_per_seg
@@ -188,7 +192,10 @@ def segment_combine_kernel(
             c_last_prev = c_begin - 1
             tl.store(st_ptr + ((s - 1) * 2 + c_last_prev % 2) * s_stc + offs, S, mask=mask)
     else:
-        S = tl.load(st_ptr + offs, mask=mask, other=0.0)  # slot 0: the initial state
+        if ZERO_START:
+            S = tl.zeros([BLOCK], dtype=tl.float32)
+        else:
+            S = tl.load(st_ptr + offs, mask=mask, other=0.0)  # slot 0: the initial state
         for s in range(0, n_seg - 1):
             c_end = (s + 1) * chunks_per_seg
             E = tl.load(loc_ptr + (s * 2 + c_end % 2) * s_lc + offs, mask=mask, other=0.0)

@@ -397,6 +397,7 @@ def scan_fwd_seq_kernel(
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr, SAVE_ALL: tl.constexpr,
     HAS_IDX: tl.constexpr, OUT_ATOMIC: tl.constexpr, LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1,
+    ZERO_START: tl.constexpr = False,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -433,6 +434,10 @@ def scan_fwd_seq_kernel(
         slot0 = pid_s * 2 + c_begin % 2
     if MODE == 1:   # a segment's own contribution: from a zero state (its slot is never read)
         h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    elif ZERO_START:   # no initial state: segment 0 starts from zeros and writes them to slot 0
+        h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, offs_n, offs_d, NSTATE), mask=m_nd & (pid_s > 0), other=0.0)
+        if SAVE_ALL:    # the backward reads slot 0 as chunk 0's start
+            tl.store(_state_ptrs(st_ptr, offs_n, offs_d, NSTATE), h, mask=m_nd & (pid_s == 0))
     else:
         h = tl.load(_state_ptrs(st_ptr + slot0 * s_stc, offs_n, offs_d, NSTATE), mask=m_nd, other=0.0)
     dtsum = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -550,13 +555,14 @@ def scan_bwd_seq_kernel(
     s_Bb, s_Bl, s_Bg, s_Bk, s_Cb, s_Cl, s_Cg, s_Ck,
     s_stb, s_stc, s_cb, s_cc,
     s_pk, s_pb, s_pl, s_pg, s_pkk,   # s_pk, blocks_per_group: the chunked kernels' layout, unused here
+    s_par,                            # partial rows of dA / dD / delta_bias: one per (batch row, segment)
     BLOCK_T: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr,
     HAS_IDX: tl.constexpr, DU_ATOMIC: tl.constexpr, PREFETCH_BC: tl.constexpr = True,
     LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1, NSPLIT: tl.constexpr = 1,
-    LANE_SUM: tl.constexpr = False,
+    LANE_SUM: tl.constexpr = False, ZERO_END: tl.constexpr = False,
 ):
     # NSPLIT > 1: the N states are split over NSPLIT programs (grid axis 0 = channel block x
     # split), BLOCK_N = N / NSPLIT each, for fewer registers per thread; the sums over N (du,
@@ -620,6 +626,9 @@ def scan_bwd_seq_kernel(
     # running dh: on entry to step t it holds a[t+1] * dh[t+1] (the carry from later steps)
     if MODE == 1:   # a segment's own carry: from zero (its slot is never read)
         dh = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    elif ZERO_END:   # no gradient of the last state: the last segment starts from zeros, not its slot
+        dh = tl.load(_state_ptrs(carry_ptr + (pid_s * 2 + (c_end - 1) % 2) * s_cc, offs_n, offs_d, NSTATE),
+                     mask=m_nd & (pid_s < n_seg - 1), other=0.0)
     else:
         dh = tl.load(_state_ptrs(carry_ptr + (pid_s * 2 + (c_end - 1) % 2) * s_cc, offs_n, offs_d, NSTATE),
                      mask=m_nd, other=0.0)
@@ -755,7 +764,9 @@ def scan_bwd_seq_kernel(
         tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dtsum, mask=dmask & (pid_n == 0))
     if MODE == 0:
         seg_off = pid_b * n_seg + pid_s
-        dn_ptrs = _state_ptrs(dA_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE)
+        # dA, dD and delta_bias partials share one row per (batch row, segment), s_par apart (the
+        # host sums them with one reduction): dA (DIM, N), then dD and delta_bias, NSPLIT x DIM each
+        dn_ptrs = _state_ptrs(dA_ptr + seg_off * s_par, offs_n, offs_d, NSTATE)
         tl.store(dn_ptrs, dA_acc, mask=m_nd)
         if not B_VARY:
             tl.store(_state_ptrs(dB_ptr + seg_off * DIM * NSTATE, offs_n, offs_d, NSTATE), dBc_acc, mask=m_nd)
@@ -764,8 +775,8 @@ def scan_bwd_seq_kernel(
         ch_off = seg_off * NSPLIT + pid_n     # per-channel partials: one slot per (segment, split)
         if NSPLIT > 1:
             dD_acc = dD_acc * (pid_n == 0).to(tl.float32)
-        tl.store(dD_ptr + ch_off * DIM + offs_d, dD_acc, mask=dmask)
-        tl.store(dbias_ptr + ch_off * DIM + offs_d, dbias_acc, mask=dmask)
+        tl.store(dD_ptr + seg_off * s_par + pid_n * DIM + offs_d, dD_acc, mask=dmask)
+        tl.store(dbias_ptr + seg_off * s_par + pid_n * DIM + offs_d, dbias_acc, mask=dmask)
         if LOWRANK:
             w_off = offs_d[None, :] * RANK + offs_r[:, None]
             tl.store(dW_ptr + ch_off * DIM * RANK + tl.max_contiguous(w_off, [1, 4]), dW_acc,    # LANES_ON_CHANNELS

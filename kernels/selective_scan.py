@@ -215,7 +215,7 @@ def _resident_programs(kernel, probe, kwargs, device: torch.device, dtypes: tupl
     Cached per constexpr set and ``dtypes`` (of the input and output tensors), so that a launch
     that finds it builds no argument list. None where that cannot be read (the interpreter, or a
     Triton without these fields)."""
-    key = (id(kernel), device.index, tuple(sorted(kwargs.items())), dtypes)
+    key = (id(kernel), device.index, tuple(kwargs.items()), dtypes)
     if key in _RESIDENT:
         return _RESIDENT[key]
     args = probe()
@@ -282,7 +282,18 @@ def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
     return min(pref, _pow2(dim)), False
 
 
-def _plan(L, dim, batch, N, ch_per_group, device, lean=False):
+# The environment variables _plan reads: part of its cache key.
+_PLAN_ENV = ("VSCAN_SCAN_KERNEL", "VSCAN_SCAN_SEQ", "VSCAN_SCAN_TILES", "VSCAN_SCAN_BWD", "VSCAN_SCAN_LANESUM",
+             "VSCAN_SCAN_TARGET_PROGRAMS")
+
+
+def _plan(L, dim, batch, N, ch_per_group, device, lean=False) -> dict:
+    """The tile plan of a problem (cached: it runs on every call; treat the dict as read-only)."""
+    return _plan_cached(L, dim, batch, N, ch_per_group, device, lean, tuple(map(os.environ.get, _PLAN_ENV)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_cached(L, dim, batch, N, ch_per_group, device, lean, _env):
     kind = _kernel_kind(N)
     bn = _pow2(N)
     nsplit, prefetch, maxnreg = 1, True, 0
@@ -318,18 +329,18 @@ def _bc_strides(X, vary, per_direction=False):
     """(batch, row, group, direction) strides of B or C; a direction axis sits where groups do."""
     if not vary:
         return (0, 0, 0, 0)
+    s = X.stride()
     if per_direction:
-        return (X.stride(0), X.stride(1), 0, X.stride(2))
-    return (X.stride(0), X.stride(1), X.stride(2), 0)
+        return (s[0], s[1], 0, s[2])
+    return (s[0], s[1], s[2], 0)
 
 
 def _row_strides(t, per_direction):
     """(batch, row, direction) strides of a token-major (b, L, d) or (b, L, K, d) tensor."""
     if t is None:
         return (0, 0, 0)
-    if per_direction:
-        return (t.stride(0), t.stride(1), t.stride(2))
-    return (t.stride(0), t.stride(1), 0)
+    s = t.stride()
+    return (s[0], s[1], s[2] if per_direction else 0)
 
 
 class _Problem:
@@ -364,8 +375,15 @@ class _Problem:
         self.p = plan if plan is not None else _plan(self.L, self.dim, self.b * self.K, self.N, self.cpg, u.device,
                                                      lean=W32 is not None)
         self.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, B, C, z, W32, idx))
+        self._flags = None
 
     def flags(self):
+        """The kernels' constexpr flags (a new dict each call; built once)."""
+        if self._flags is None:
+            self._flags = self._build_flags()
+        return dict(self._flags)
+
+    def _build_flags(self):
         p = self.p
         f = dict(BLOCK_T=p["bt"], BLOCK_D=p["bd"], HAS_D=self.D32 is not None, HAS_Z=self.z is not None,
                  HAS_BIAS=self.bias32 is not None, SOFTPLUS=self.softplus, B_VARY=self.B_vary,
@@ -398,7 +416,7 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
         kernel = scan_fwd_seq_kernel
         ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out,
                pr.opt(pr.idx), pr.opt(pr.W32))
-        common["OUT_ATOMIC"] = out_atomic
+        common.update(OUT_ATOMIC=out_atomic, ZERO_START=initial_state is None)
 
         def scalars(n_seg, cps):
             return (pr.L, pr.dim, pr.N, p["n_chunks"], cps, n_seg, pr.cpg, pr.K, float(out_scale), pr.rank,
@@ -418,13 +436,13 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
         return (*ins, torch.float32, torch.float32, *scalars(p["n_seg"], p["cps"]), 0, pr.dim * pr.N)
     n_seg, cps = _segments(pr, 0, p["n_blk"] * bk, kernel, probe, dict(common, MODE=0, SAVE_ALL=save), out.dtype)
     n_slots = p["n_chunks"] + 1 if save else 2 * n_seg
-    # the sequential kernels write every slot they (or the combine) read, except the initial state
+    # the sequential kernels write every slot they (or the combine) read, except the initial
+    # state; without one, they start from zeros themselves (ZERO_START) and no slot is filled
     new = _uninit if seq else torch.zeros
     states = new(bk, n_slots, pr.dim, pr.N, **f32)
+    zero_start = seq and initial_state is None
     if initial_state is not None:
         states[:, 0] = initial_state.float()
-    elif seq:
-        states[:, 0] = 0.0
     dtsum = torch.empty(bk, n_seg, pr.dim, **f32)
     grid = (p["n_blk"], bk, n_seg)
     if n_seg > 1:
@@ -433,22 +451,22 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
         grid1 = (grid[0], grid[1], n_seg - 1) if seq else grid
         launch(kernel, grid1, *ins, loc, dtsum, *scalars(n_seg, cps), loc.stride(0), loc.stride(1), MODE=1,
                SAVE_ALL=False, **common)
-        _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse=False)
+        _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse=False, zero_start=zero_start)
     launch(kernel, grid, *ins, states, dtsum, *scalars(n_seg, cps), states.stride(0), states.stride(1), MODE=0,
            SAVE_ALL=save, **common)
     last = states[:, p["n_chunks"]] if save else states[:, (n_seg - 1) * 2 + p["n_chunks"] % 2]
     return states, dtsum, last
 
 
-def _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse):
+def _combine(states, loc, dtsum, pr, n_seg, cps, save, reverse, zero_start=False):
     blk = 256
     launch(segment_combine_kernel, (_cdiv(pr.dim * pr.N, blk), pr.b * pr.K),
            states, loc, dtsum, pr.A32, pr.dim, pr.N, pr.p["n_chunks"], cps, n_seg, pr.K,
            states.stride(0), states.stride(1), loc.stride(0), loc.stride(1),
-           BLOCK=blk, SAVE_ALL=save, REVERSE=reverse)
+           BLOCK=blk, SAVE_ALL=save, REVERSE=reverse, ZERO_START=zero_start)
 
 
-def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_atomic=False):
+def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_atomic=False, merge_bc=False):
     """Run the backward kernels. Returns per-input gradient buffers (float32 partial sums for
     A, D, delta_bias and B/C, reduced by the caller) and the carry buffer (its slot 1 is the
     gradient of the initial state). The sequential kernels choose their own segment split (their
@@ -471,8 +489,13 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     # the sequential ones add into a single buffer
     bpg = max(1, pr.cpg // p["bd"]) if (p["single"] and not seq) else 1
     varying = {}
+    dBC = None
+    if merge_bc and seq and pr.B_vary and pr.C_vary and pr.B.shape == pr.C.shape:
+        # one buffer (one fill, and in the caller one cast) for both; its peak is that of two
+        dBC = torch.zeros(2, *pr.B.shape, **f32)
+        varying = dict(dB=dBC[0:1], dC=dBC[1:2])
     for name, vary, X in (("dB", pr.B_vary, pr.B), ("dC", pr.C_vary, pr.C)):
-        if vary:
+        if vary and name not in varying:
             varying[name] = (torch.empty if (p["single"] and not seq) else torch.zeros)(bpg, *X.shape, **f32)
     pbuf = varying.get("dB", varying.get("dC"))
     if pbuf is not None:
@@ -487,7 +510,8 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     zz = pr.opt(pr.z)
     ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), dout)
     if seq:
-        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=p["prefetch"], LANE_SUM=p["lane_sum"])
+        common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=p["prefetch"], LANE_SUM=p["lane_sum"],
+                      ZERO_END=dlast is None)
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if p["maxnreg"]:
@@ -505,28 +529,34 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
             return (*ins, pr.opt(pr.idx), pr.opt(pr.W32), states, b["carry"], b["scratch"], b["dtsum"], *outs,
                     b["dW"] if pr.W32 is not None else b["dA"],
                     L, dim, N, n_chunks, cps, n_seg, pr.cpg, bpg, pr.K, float(dout_scale), pr.rank,
-                    *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC, *st, *ps)
+                    *pr.su, *pr.sdt, *pr.sz, *s_dout, *pr.sB, *pr.sC, *st, *ps, par_w)
         return (*ins, states, b["carry"], *outs, L, dim, N, n_chunks, cps, n_seg, pr.cpg, bpg,
                 pr.su[0], pr.su[1], pr.sdt[0], pr.sdt[1], *pr.sz, s_dout[0], s_dout[1],
                 *pr.sB[:3], *pr.sC[:3], *st, *ps[:4])
 
     kernel = scan_bwd_seq_kernel if seq else scan_bwd_kernel
     rows = p["n_blk"] * nsplit * bk
+    par_w = dim * N + 2 * nsplit * dim      # sequential: one partial row holds dA, dD and delta_bias
     def probe():
         stand_in = dict(dA=torch.float32, dD=torch.float32, dbias=torch.float32, dW=torch.float32,
                         dB=varying.get("dB", torch.float32), dC=varying.get("dC", torch.float32),
                         carry=torch.float32, scratch=torch.float32, dtsum=torch.float32, s_cb=2 * dim * N)
         return args(stand_in, p["n_seg"], p["cps"])
     n_seg, cps = _segments(pr, 1, rows, kernel, probe, dict(common, MODE=0), dout.dtype)
-    new = _uninit if seq else torch.zeros     # as in _forward: only the carry into the end is read unwritten
+    # as in _forward: only the carry into the end is read unwritten, and without a gradient of
+    # the last state the kernels start from zeros there (ZERO_END)
+    new = _uninit if seq else torch.zeros
     carry = new(bk, 2 * n_seg, dim, N, **f32)
-    last = (n_seg - 1) * 2 + (n_chunks - 1) % 2
     if dlast is not None:
-        carry[:, last] = dlast.float()
-    elif seq:
-        carry[:, last] = 0.0
-    b = dict(dA=torch.empty(bk, n_seg, dim, N, **f32), dD=torch.empty(bk, n_seg * nsplit, dim, **f32),
-             dbias=torch.empty(bk, n_seg * nsplit, dim, **f32),
+        carry[:, (n_seg - 1) * 2 + (n_chunks - 1) % 2] = dlast.float()
+    if seq:     # one buffer and, in _param_sums, one reduction for the three
+        par = torch.empty(bk, n_seg, par_w, **f32)
+        pars = dict(dA=par, dD=par[..., dim * N:], dbias=par[..., dim * N + nsplit * dim:])
+    else:
+        par = None
+        pars = dict(dA=torch.empty(bk, n_seg, dim, N, **f32), dD=torch.empty(bk, n_seg * nsplit, dim, **f32),
+                    dbias=torch.empty(bk, n_seg * nsplit, dim, **f32))
+    b = dict(**pars,
              dW=torch.empty(bk, n_seg * nsplit, dim, pr.rank, **f32) if pr.W32 is not None else None,
              dB=varying.get("dB") if pr.B_vary else torch.empty(bk, n_seg, dim, N, **f32),
              dC=varying.get("dC") if pr.C_vary else torch.empty(bk, n_seg, dim, N, **f32),
@@ -542,19 +572,34 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     if n_seg > 1:
         loc = new(carry.shape, **f32)
         run_pass(1, loc)    # the sequential summary pass also writes the segments' dt sums into b["dtsum"]
-        _combine(carry, loc, b["dtsum"], pr, n_seg, cps, False, reverse=True)
+        _combine(carry, loc, b["dtsum"], pr, n_seg, cps, False, reverse=True, zero_start=seq and dlast is None)
     run_pass(0, carry)
     if split:   # back to the dtypes of the unsplit kernel
         du = du if du_atomic else du.to(pr.u.dtype)
         ddelta = ddelta if pr.W32 is not None else ddelta.to(pr.delta.dtype)
         dz = dz.to(pr.z.dtype) if dz is not None else None
     return dict(du=du, ddelta=ddelta, dz=dz, dA=b["dA"], dD=b["dD"], dbias=b["dbias"], dB=b["dB"], dC=b["dC"],
-                dW=b["dW"], carry=carry)
+                dW=b["dW"], carry=carry, par=par, nsplit=nsplit, dBC=dBC)
 
 
 def _param_grad(buf, pr, shape, dtype):
     """Sum a (batch * K, segments, ...) partial buffer over batch and segments, per direction."""
     return buf.reshape(pr.b, pr.K, *buf.shape[1:]).sum((0, 2)).reshape(shape).to(dtype)
+
+
+def _param_sums(g, pr):
+    """(dA (K, dim, N), dD (K, dim), delta_bias (K, dim)), float32: the backward's partials
+    summed over batch and segments; one reduction where they share a buffer (sequential)."""
+    K, dim, N = pr.K, pr.dim, pr.N
+    par = g["par"]
+    if par is None:
+        return tuple(_param_grad(g[k], pr, shape, torch.float32)
+                     for k, shape in (("dA", (K, dim, N)), ("dD", (K, dim)), ("dbias", (K, dim))))
+    ns = g["nsplit"]
+    tot = par.view(pr.b, K, -1, par.shape[-1]).sum((0, 2))        # (K, dim * N + 2 * ns * dim)
+    per_ch = tot[:, dim * N:].view(K, 2, ns, dim)
+    per_ch = per_ch.sum(2) if ns > 1 else per_ch[:, :, 0]
+    return tot[:, :dim * N].view(K, dim, N), per_ch[:, 0], per_ch[:, 1]
 
 
 def _bc_grad(vary, buf, pr, X):
@@ -565,7 +610,7 @@ def _bc_grad(vary, buf, pr, X):
 
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, out_dtype):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, out_dtype, want_last):
         b, L, dim = u.shape
         u, delta = u.contiguous(), delta.contiguous()   # the kernels index u-shaped outputs like u
         z = z.contiguous() if z is not None else None
@@ -582,7 +627,10 @@ class _SelectiveScanFn(torch.autograd.Function):
         out = torch.empty(b, L, dim, device=u.device, dtype=out_dtype)
         states, dtsum, last = _forward(pr, out, (out.stride(0), out.stride(1), 0),
                                        initial_state=initial_state, save=save)
-        last = last.clone()
+        # the last state is a view of the saved states: returned (as a copy) only when asked for;
+        # unused gradients stay None (no zeros from autograd, and ZERO_END in the kernels)
+        last = last.clone() if want_last else None
+        ctx.set_materialize_grads(False)
         if save:
             ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, states, dtsum)
             ctx.meta = (softplus, initial_state is not None, A.dtype,
@@ -595,22 +643,30 @@ class _SelectiveScanFn(torch.autograd.Function):
         u, delta, A32, B, C, D32, z, bias32, states, dtsum = ctx.saved_tensors
         softplus, has_init, A_dtype, D_dtype, bias_dtype = ctx.meta
         pr = _Problem(u, delta, A32, B, C, D32, z, bias32, softplus, plan=ctx.plan)
-        dout = dout.contiguous()
-        g = _backward(pr, states, dtsum, dout, (dout.stride(0), dout.stride(1), 0), dlast=dlast)
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
+        g = _backward(pr, states, dtsum, dout, (dout.stride(0), dout.stride(1), 0), dlast=dlast, merge_bc=True)
         nd = ctx.needs_input_grad
-        dim, N = pr.dim, pr.N
+        dA, dD, dbias = _param_sums(g, pr)
+        if g["dBC"] is not None and B.dtype == C.dtype:     # both in one cast
+            dB, dC = g["dBC"].to(B.dtype).unbind(0)
+        else:
+            dB = _bc_grad(pr.B_vary, g["dB"], pr, B) if nd[3] else None
+            dC = _bc_grad(pr.C_vary, g["dC"], pr, C) if nd[4] else None
         return (g["du"], g["ddelta"],
-                _param_grad(g["dA"], pr, (dim, N), A_dtype) if nd[2] else None,
-                _bc_grad(pr.B_vary, g["dB"], pr, B) if nd[3] else None,
-                _bc_grad(pr.C_vary, g["dC"], pr, C) if nd[4] else None,
-                _param_grad(g["dD"], pr, (dim,), D_dtype) if (D32 is not None and nd[5]) else None,
+                dA[0].to(A_dtype) if nd[2] else None,
+                dB if nd[3] else None,
+                dC if nd[4] else None,
+                dD[0].to(D_dtype) if (D32 is not None and nd[5]) else None,
                 g["dz"],
-                _param_grad(g["dbias"], pr, (dim,), bias_dtype) if (bias32 is not None and nd[7]) else None,
+                dbias[0].to(bias_dtype) if (bias32 is not None and nd[7]) else None,
                 None,
                 g["carry"][:, 1].clone() if (has_init and nd[9]) else None,
-                None)
+                None, None)
 
 
-def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, out_dtype):
-    """Canonical token-major arguments (see vscan.ops.selective_scan). Returns (out, last_state)."""
-    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, out_dtype)
+def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, out_dtype,
+                          return_last_state=True):
+    """Canonical token-major arguments (see vscan.ops.selective_scan). Returns (out, last_state);
+    last_state is None unless ``return_last_state``."""
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, out_dtype,
+                                  return_last_state)

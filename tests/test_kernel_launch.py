@@ -19,14 +19,17 @@ def _toy(x_ptr, n, s, f, BLOCK: tl.constexpr, FLAG: tl.constexpr = False, R: tl.
     pass
 
 
-def test_spec_separates_what_triton_specialises_on():
-    # integers: 1, multiples of 16, and 32- vs 64-bit; other values of a class share a key
-    assert L._spec(1) != L._spec(2) and L._spec(16) != L._spec(17) and L._spec(5) != L._spec(2**31 + 5)
-    assert L._spec(3) == L._spec(5) and L._spec(32) == L._spec(48)
+def test_arg_key_separates_what_triton_specialises_on():
+    k = L._arg_key
+    # integers: Triton tells 1, multiples of 16 and 32- vs 64-bit apart; the key keeps values
+    assert k([1]) != k([2]) and k([16]) != k([17]) and k([5]) != k([2**31 + 5]) and k([3]) != k([5])
+    assert k([7, 0.5]) == k([7, 0.5])
+    # types: 1, 1.0 and True compare equal as Python values, but compile to different signatures
+    assert len({k([1]), k([1.0]), k([True])}) == 3 and k([False]) != k([0])
     x = torch.zeros(64)
-    assert L._spec(x) == L._spec(torch.zeros(8)) and L._spec(x) != L._spec(x.half())
-    assert L._spec(x[1:]) != L._spec(x) and L._spec(x[4:]) == L._spec(x)     # 16-byte alignment
-    assert L._spec(True) != L._spec(False) and L._spec(0.5) == L._spec(2.0)
+    assert k([x]) == k([torch.zeros(8)]) and k([x]) != k([x.half()])      # the dtype, not the shape
+    assert k([x[1:]]) != k([x]) and k([x[4:]]) == k([x])                  # 16-byte alignment
+    assert k([torch.nn.Parameter(x)])[1] == k([x])[1]        # a Parameter is keyed as a tensor, not by value
 
 
 def test_tail_is_the_signature_order_with_defaults():

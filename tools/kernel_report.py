@@ -53,8 +53,9 @@ def _signature(fn, consts):
 def constants(kernel: str, n: int = 16, nsplit: int = 1, lowrank: int = 0, lane_sum: bool = True,
               block_t: int | None = None, sub: int | None = None, plain: bool = False) -> dict:
     """The constexpr flags of a multi-direction layer's call (bf16, D, delta_bias, softplus,
-    time-varying single-group B/C, an index map): what ``_Problem.flags`` would pass; with
-    ``plain`` those of one 1-D scan with z gating (selective_scan, as tools/bench_scan.py runs it)."""
+    time-varying single-group B/C, an index map, no initial state or last-state gradient): what
+    ``_Problem.flags`` would pass; with ``plain`` those of one 1-D scan with z gating
+    (selective_scan, as tools/bench_scan.py runs it)."""
     from vscan.kernels.selective_scan import _seq_tile
     tile = _seq_tile(lean=lowrank > 0)       # the plan's tile: the lean one with dt_proj inside
     block_t = tile[0] if block_t is None else block_t
@@ -64,10 +65,10 @@ def constants(kernel: str, n: int = 16, nsplit: int = 1, lowrank: int = 0, lane_
              C_VARY=True, SINGLE_GROUP=True, EVEN_N=bn == n, FAST_EXP=True, MODE=0, HAS_IDX=not plain,
              LOWRANK=lowrank > 0, BLOCK_R=triton.next_power_of_2(lowrank) if lowrank else 1)
     if kernel == "fwd":
-        c.update(BLOCK_N=bn, SAVE_ALL=True, OUT_ATOMIC=not plain)
+        c.update(BLOCK_N=bn, SAVE_ALL=True, OUT_ATOMIC=not plain, ZERO_START=True)
     else:
         c.update(BLOCK_N=bn // nsplit, SUB=sub, DU_ATOMIC=not plain, PREFETCH_BC=True, NSPLIT=nsplit,
-                 LANE_SUM=lane_sum)
+                 LANE_SUM=lane_sum, ZERO_END=True)
     return c
 
 

@@ -38,7 +38,8 @@ def check_shape(name: str, t: torch.Tensor, expected: tuple, what: str):
 
 def check_same_device(**tensors):
     devs = {k: v.device for k, v in tensors.items() if v is not None}
-    if len({str(d) for d in devs.values()}) > 1:
+    first = next(iter(devs.values()), None)
+    if any(d != first for d in devs.values()):
         listing = ", ".join(f"{k} on {d}" for k, d in devs.items())
         raise ValueError(f"all tensors must be on one device, got {listing}")
 

@@ -34,7 +34,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if choose_backend(a.u.device, f64, backend) == "triton":
         from vscan.kernels.selective_scan import selective_scan_triton
         out, last = selective_scan_triton(a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias,
-                                          delta_softplus, a.initial_state, out_dtype)
+                                          delta_softplus, a.initial_state, out_dtype, return_last_state)
     else:
         out, last = selective_scan_ref(a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias,
                                        delta_softplus, a.initial_state)
