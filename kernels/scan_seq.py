@@ -255,14 +255,60 @@ def _state_ptrs(ptr, offs_n, offs_d, NSTATE):
     return ptr + tl.max_contiguous(off, [1, 4])      # see LANES_ON_CHANNELS
 
 
+# VEC_BC (the forward): one 16-byte load per 8 states of a B / C row (bf16 or fp16), unpacked to
+# float32 in the same inline PTX, instead of one 2-byte load per state. Triton cannot vectorize
+# these loads itself: the state index counts down (see _state_index), so it sees no contiguous
+# run. Each instance of the asm takes 8 consecutive elements of a thread's states, which with
+# the counting-down index are states 8g + 7 .. 8g of one group g, and all 8 of its pointer
+# operands are that group's base: it reads the first and returns the fields in that descending
+# order. The host turns it on only where each thread holds all of its channel's states and every
+# group base is 16-byte aligned (kernels/selective_scan.py, _vec_bc).
+# The pointers carry a per-lane zero (_lane_zero): with a warp-uniform address ptxas moves the
+# unpacking to the uniform datapath (R2UR, USHF, ULOP3, UMOV back), and the forward's step was
+# as long as with 2-byte loads. With it the training forward's loop is 216 instructions instead
+# of 256 (static SASS, sm90, Triton 3.8; the 1-D scan with z). The backward keeps 2-byte loads:
+# the same loads there measured no faster (see SEQ_VEC_BC).
+_BF16X8 = tl.constexpr("""{ .reg .b32 w<4>;
+ld.global.nc.v4.b32 {w0, w1, w2, w3}, [$8];
+and.b32 $0, w3, 0xFFFF0000; shl.b32 $1, w3, 16; and.b32 $2, w2, 0xFFFF0000; shl.b32 $3, w2, 16;
+and.b32 $4, w1, 0xFFFF0000; shl.b32 $5, w1, 16; and.b32 $6, w0, 0xFFFF0000; shl.b32 $7, w0, 16; }""")
+_F16X8 = tl.constexpr("""{ .reg .b32 w<4>; .reg .b16 h<8>;
+ld.global.nc.v4.b32 {w0, w1, w2, w3}, [$8];
+mov.b32 {h0, h1}, w0; mov.b32 {h2, h3}, w1; mov.b32 {h4, h5}, w2; mov.b32 {h6, h7}, w3;
+cvt.f32.f16 $0, h7; cvt.f32.f16 $1, h6; cvt.f32.f16 $2, h5; cvt.f32.f16 $3, h4;
+cvt.f32.f16 $4, h3; cvt.f32.f16 $5, h2; cvt.f32.f16 $6, h1; cvt.f32.f16 $7, h0; }""")
+_X8_CONSTRAINTS = tl.constexpr("=r,=r,=r,=r,=r,=r,=r,=r,l,l,l,l,l,l,l,l")
+
+
+@triton.jit
+def _lane_zero(offs_d):
+    """0 for every lane, computed from the lane's channel so that the compiler cannot tell."""
+    return offs_d // 2147483647
+
+
+@triton.jit
+def _row_x8(row, offs_n, offs_d):
+    """A B / C row's states offs_n (counting down, 8 per group) as a float32 [BLOCK_N, BLOCK_D]
+    tile (every channel the same), one 16-byte load per group of 8 (see VEC_BC)."""
+    base = (row + _lane_zero(offs_d)[None, :] + ((offs_n // 8) * 8)[:, None]).to(tl.int64, bitcast=True)
+    if row.dtype.element_ty == tl.bfloat16:
+        w = tl.inline_asm_elementwise(_BF16X8, _X8_CONSTRAINTS, [base], dtype=tl.int32, is_pure=True, pack=8)
+    else:
+        w = tl.inline_asm_elementwise(_F16X8, _X8_CONSTRAINTS, [base], dtype=tl.int32, is_pure=True, pack=8)
+    return w.to(tl.float32, bitcast=True)
+
+
 @triton.jit
 def _step_bc(ptr, t, const, offs_n, nmask, offs_d, dmask, g0, g_d, s_l, s_g,
-             VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, GPU: tl.constexpr = False):
+             VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr, GPU: tl.constexpr = False, VEC: tl.constexpr = False):
     """B or C at step t, broadcastable to [BLOCK_N, BLOCK_D]; the constant tile when not VARY.
-    GPU: the row pointer goes through ``_opaque`` (the backward; the forward was not measured)."""
+    GPU: the row pointer goes through ``_opaque`` (the backward; the forward was not measured).
+    VEC: 8 states per load (see VEC_BC; the forward only)."""
     # one return: compiled Triton (unlike the interpreter) rejects returns of different shapes
     if VARY:
-        if SINGLE_GROUP:
+        if SINGLE_GROUP and VEC:
+            v = _row_x8(ptr + t * s_l + g0 * s_g, offs_n, offs_d)
+        elif SINGLE_GROUP:
             v = tl.load(_opaque(ptr + t * s_l + g0 * s_g, GPU) + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
         else:
             off = g_d[None, :] * s_g + offs_n[:, None]
@@ -373,13 +419,15 @@ def _const_tile(ptr, offs_n, nmask, offs_d, dmask, NSTATE, VARY: tl.constexpr):
 def _fwd_step_loads(t, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask,
                     offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
                     HAS_IDX: tl.constexpr, LOWRANK: tl.constexpr, LOAD_B: tl.constexpr, LOAD_C: tl.constexpr,
-                    LOAD_Z: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+                    LOAD_Z: tl.constexpr, SINGLE_GROUP: tl.constexpr, VEC_BC: tl.constexpr):
     """Everything the forward step t reads: its grid row, u, dt, B, C, z (issued a step ahead)."""
     r = _row_id(idx_ptr, t, HAS_IDX)
     u = _row(u_ptr, r, s_ul, offs_d, dmask, True)
     dt = _dt_load(dt_ptr, r, s_dtl, offs_d, dmask, offs_r, rmask, LOWRANK)
-    B = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP)
-    C = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP)
+    B = _step_bc(B_ptr, r, Bc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Bl, s_Bg, LOAD_B, SINGLE_GROUP, False,
+                 VEC_BC)
+    C = _step_bc(C_ptr, r, Cc, offs_n, nmask, offs_d, dmask, g0, g_d, s_Cl, s_Cg, LOAD_C, SINGLE_GROUP, False,
+                 VEC_BC)
     z = _row(z_ptr, r, s_zl, offs_d, dmask, LOAD_Z)
     return r, u, dt, B, C, z
 
@@ -397,7 +445,7 @@ def scan_fwd_seq_kernel(
     B_VARY: tl.constexpr, C_VARY: tl.constexpr, SINGLE_GROUP: tl.constexpr,
     EVEN_N: tl.constexpr, FAST_EXP: tl.constexpr, MODE: tl.constexpr, SAVE_ALL: tl.constexpr,
     HAS_IDX: tl.constexpr, OUT_ATOMIC: tl.constexpr, LOWRANK: tl.constexpr = False, BLOCK_R: tl.constexpr = 1,
-    ZERO_START: tl.constexpr = False,
+    VEC_BC: tl.constexpr = False, ZERO_START: tl.constexpr = False,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -448,7 +496,7 @@ def scan_fwd_seq_kernel(
     LOAD_Z: tl.constexpr = HAS_Z and MODE == 0
     r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
         t_begin, idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask, offs_d, dmask, offs_r, rmask,
-        g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+        g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl, HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP, VEC_BC)
     for t in range(t_begin, t_end):
         r = r_n
         u = u_n
@@ -459,7 +507,7 @@ def scan_fwd_seq_kernel(
         r_n, u_n, dt_n, B_n, C_n, z_n = _fwd_step_loads(
             tl.minimum(t + 1, t_end - 1), idx_ptr, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, Bc, Cc, offs_n, nmask,
             offs_d, dmask, offs_r, rmask, g0, g_d, s_ul, s_dtl, s_Bl, s_Bg, s_Cl, s_Cg, s_zl,
-            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP)
+            HAS_IDX, LOWRANK, B_VARY, LOAD_C, LOAD_Z, SINGLE_GROUP, VEC_BC)
         h = _exp2(A2 * dt[None, :], FAST_EXP) * h + (dt * u)[None, :] * Bt
         if MODE == 1:
             dtsum += dt

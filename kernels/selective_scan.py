@@ -71,6 +71,19 @@ SEQ_BWD_LEAN = (1, 128)
 # (after the layout fix) the lean SS2D layer at N = 16 took 37.1 vs 44.5 ms with and without it;
 # results/bench_scan_layout_h200/.
 SEQ_LANE_SUM = True
+# The sequential forward of one 1-D scan reads time-varying bf16 / fp16 B and C rows 8 states per
+# 16-byte load (scan_seq.VEC_BC) where the rows' group bases are 16-byte aligned and N is a
+# multiple of 8, with its registers capped at SEQ_FWD_MAXNREG_VEC (uncapped it took 105 instead
+# of 94, 18 programs per SM instead of 21). CUDA only (inline PTX); VSCAN_SCAN_VEC_BC=0 turns it
+# off. On an H100 (2026-12-05, one machine, results/bench_scan_vec_h100/), against 2-byte loads:
+# the forward took 0.581 vs 0.640 ms (text) and 0.973 vs 0.957 (long) without grad, 0.695 vs 0.713
+# and 1.139 vs 1.184 ms saving states; without the cap it was slower at both (training forward
+# 0.762 / 1.297 ms). In the backward the same loads measured 1% slower at text and even at long
+# (kernel time 2.34 vs 2.31 ms, 3.29 vs 3.29), so it keeps 2-byte loads; the multi-direction and
+# dt_proj-inside forwards (127 and 167 registers, which a cap of 96 makes spill) were not measured
+# with them and keep them too.
+SEQ_VEC_BC = True
+SEQ_FWD_MAXNREG_VEC = 96
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -114,6 +127,34 @@ def _lane_sum(device: torch.device, bd: int, warps: int) -> bool:
         raise ValueError(f"VSCAN_SCAN_LANESUM: expected 0 or 1, got {env!r}")
     on = SEQ_LANE_SUM if env is None else env.strip() == "1"
     return on and device.type == "cuda" and bd == 32 and warps == 1
+
+
+def _vec_bc_ok(X, vary: bool) -> bool:
+    """X (a B or C operand) can take scan_seq's 16-byte row loads: constant, or 16-bit with a
+    16-byte aligned start and every stride but the unit one (of axes longer than 1) a multiple
+    of 8 elements."""
+    if not vary:
+        return True
+    if X.dtype not in (torch.bfloat16, torch.float16) or X.data_ptr() % 16:
+        return False
+    return all(st % 8 == 0 for st, n in zip(X.stride()[:-1], X.shape[:-1]) if n > 1)
+
+
+def _vec_bc_tile_ok(p, N: int) -> bool:
+    """The plan's forward tile suits scan_seq's 16-byte row loads: every thread holds all of its
+    channel's states (a channel block of at least one warp's lanes: a block of 16 channels
+    spreads a channel's states over two lanes), in groups of 8 with no mask."""
+    return p["kind"] == "sequential" and p["bn"] == N and N % 8 == 0 and p["bd"] >= 32 * p["warps"]
+
+
+def _vec_bc(pr) -> bool:
+    """Whether the forward of this problem takes the 16-byte B / C loads (SEQ_VEC_BC)."""
+    env = os.environ.get("VSCAN_SCAN_VEC_BC")
+    if env is not None and env.strip() not in ("0", "1"):
+        raise ValueError(f"VSCAN_SCAN_VEC_BC: expected 0 or 1, got {env!r}")
+    on = SEQ_VEC_BC if env is None else env.strip() == "1"
+    return (on and pr.u.is_cuda and pr.K == 1 and pr.idx is None and pr.W32 is None and (pr.B_vary or pr.C_vary)
+            and _vec_bc_tile_ok(pr.p, pr.N) and _vec_bc_ok(pr.B, pr.B_vary) and _vec_bc_ok(pr.C, pr.C_vary))
 
 
 def _seq_tile(lean: bool = False):
@@ -416,7 +457,10 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
         kernel = scan_fwd_seq_kernel
         ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out,
                pr.opt(pr.idx), pr.opt(pr.W32))
-        common.update(OUT_ATOMIC=out_atomic, ZERO_START=initial_state is None)
+        vec = _vec_bc(pr)
+        common.update(OUT_ATOMIC=out_atomic, ZERO_START=initial_state is None, VEC_BC=vec)
+        if vec:
+            common["maxnreg"] = SEQ_FWD_MAXNREG_VEC
 
         def scalars(n_seg, cps):
             return (pr.L, pr.dim, pr.N, p["n_chunks"], cps, n_seg, pr.cpg, pr.K, float(out_scale), pr.rank,

@@ -57,3 +57,13 @@ def test_training_forward_holds_no_pointer_per_state():
     r = _report("--kernel", "fwd", "--n", "16", "--plain")["fwd"]
     assert r["lanes_on_channels"], r["layouts"]
     assert r["registers"] <= 128 and r["stack_bytes"] == 0, r
+
+
+def test_vector_bc_loads_compile_to_16_byte_loads():
+    """With VEC_BC (scan_seq.py) the forward reads the bf16 B / C rows 8 states per 16-byte load
+    and, capped as the host caps it, keeps the registers of the 2-byte loads without spilling;
+    without it no load of the scan is that wide."""
+    on = _report("--kernel", "fwd", "--n", "16", "--plain")["fwd"]
+    off = _report("--kernel", "fwd", "--n", "16", "--plain", "--no-vec-bc")["fwd"]
+    assert on["LDG.E.128"] >= 4 and off["LDG.E.128"] == 0, (on, off)
+    assert on["registers"] <= 96 and on["stack_bytes"] == 0 and on["lanes_on_channels"], on

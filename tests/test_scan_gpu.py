@@ -165,3 +165,49 @@ def test_cached_launch_path_matches_tritons_own(monkeypatch):
         assert torch.equal(y1, y0)
         for a, c in zip(g1, g0):
             assert rel(a, c) < 1e-6
+
+
+# (N, groups, dtype): the forward's 16-byte B / C row loads (VEC_BC) for both 16-bit types, with
+# one, two and four groups of 8 states per thread. 4 groups of 16 channels make 16-channel
+# blocks, whose threads hold half a channel's states each: there the host must not plan the
+# vector loads (both runs take the plain ones)
+VEC = [(16, 1, torch.bfloat16), (8, 2, torch.bfloat16), (32, 1, torch.bfloat16), (16, 2, torch.float16),
+       (16, 4, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("N,G,dtype", VEC, ids=[f"N{n}-G{g}-{str(t)[6:]}" for n, g, t in VEC])
+def test_vector_bc_loads_equal_the_plain_loads(N, G, dtype, monkeypatch):
+    """scan_seq's VEC_BC (the forward) reads 8 bf16 / fp16 states per load and unpacks them in
+    inline PTX, relying on the order in which Triton hands a thread's states to the asm: a wrong
+    order or field shows up as a different output here. The values feed the same arithmetic, so the
+    forward agrees with that of the 2-byte loads to float32 rounding (the same arithmetic; the
+    compiler may order it differently) and gradients up to the order of the float32 atomic adds;
+    both are within twice the low-precision reference's error of float64."""
+    from vscan.kernels import selective_scan as ss
+    g = torch.Generator(device="cuda").manual_seed(N + G)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    b, L, d = 2, 300, 64
+    x = dict(u=r(b, L, d), delta=r(b, L, d) * 0.5 - 1.0, A=-torch.exp(r(d, N) * 0.5), B=r(b, L, G, N),
+             C=r(b, L, G, N), D=r(d), z=r(b, L, d), delta_bias=r(d) * 0.1)
+    x = {k: v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v for k, v in x.items()}
+    assert ss._vec_bc_ok(x["B"], True) and ss._vec_bc_ok(x["C"], True)
+    gy = r(b, L, d).double()
+
+    def go(backend, vec="1"):
+        monkeypatch.setenv("VSCAN_SCAN_VEC_BC", vec)
+        lv = {k: (v.double() if backend == "f64" else v).clone().requires_grad_(True) for k, v in x.items()}
+        y = selective_scan(lv["u"], lv["delta"], lv["A"], lv["B"], lv["C"], lv["D"], z=lv["z"],
+                           delta_bias=lv["delta_bias"], delta_softplus=True,
+                           backend="reference" if backend == "f64" else backend)
+        gr = torch.autograd.grad((y.double() * gy).sum(), list(lv.values()))
+        return y.double(), dict(zip(lv, gr))
+    y64, g64 = go("f64")
+    yr, gr = go("reference")
+    y1, g1 = go("triton", "1")
+    y0, g0 = go("triton", "0")
+    assert rel(y1, y64) <= 2 * rel(yr, y64) + 1e-3
+    for k in g64:
+        assert rel(g1[k], g64[k]) <= 2 * rel(gr[k], g64[k]) + 2e-3, k
+    assert rel(y1, y0) < 1e-3
+    for k in g64:
+        assert rel(g1[k], g0[k]) < 1e-5, k

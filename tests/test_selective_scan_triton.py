@@ -143,6 +143,29 @@ def run_no_last(x, backend, gy):
     return y.double(), dict(zip(leaves, [g.double() for g in grads]))
 
 
+def test_vector_bc_loads_need_16_bit_aligned_rows():
+    """scan_seq's 16-byte B / C row loads (VEC_BC, the forward) are planned only for bf16 / fp16
+    rows whose group bases are 16-byte aligned, and never off a GPU (inline PTX); the GPU suite
+    checks their values."""
+    from vscan.kernels.selective_scan import _plan, _Problem, _vec_bc, _vec_bc_ok, _vec_bc_tile_ok
+    x = torch.zeros(2, 10, 1, 40, dtype=torch.bfloat16)
+    assert _vec_bc_ok(x[..., :16], True) and _vec_bc_ok(x[..., 8:24], True)
+    assert not _vec_bc_ok(x[..., 1:17], True)             # start not 16-byte aligned
+    y = torch.zeros(2, 10, 1, 36, dtype=torch.bfloat16)
+    assert not _vec_bc_ok(y[..., :16], True)              # row stride 36: every other row unaligned
+    assert _vec_bc_ok(y[:1, :1, :, :16], True)            # ... unless there is only one row
+    assert not _vec_bc_ok(x[..., :16].float(), True)      # float32 rows take the plain loads
+    assert _vec_bc_ok(torch.zeros(3, 3), False)           # constant B / C: no row loads at all
+    u = torch.zeros(2, 10, 32)
+    assert not _vec_bc(_Problem(u, u, torch.zeros(1, 32, 16), x[..., :16], x[..., 16:32], None, None, None, True))
+    # the tiles: each thread must hold all of its channel's states, 8 at a time (N = 16 in one
+    # group, or 4 groups of 16 channels: 16-channel blocks, 2 lanes per channel; N = 12: masked)
+    cpu = torch.device("cpu")
+    assert _vec_bc_tile_ok(_plan(256, 64, 2, 16, 64, cpu), 16)
+    assert not _vec_bc_tile_ok(_plan(256, 64, 2, 16, 16, cpu), 16)
+    assert not _vec_bc_tile_ok(_plan(256, 64, 2, 12, 64, cpu), 12)
+
+
 def test_kernel_choice():
     from vscan.kernels.selective_scan import SEQ_MAX_N, _kernel_kind
     assert _kernel_kind(16) == "sequential" and _kernel_kind(SEQ_MAX_N + 1) == "chunked"

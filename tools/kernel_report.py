@@ -32,7 +32,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-OPS = ("SHFL", "BAR", "LDL", "STL", "REDG", "MUFU", "FFMA", "IMAD.WIDE")
+OPS = ("SHFL", "BAR", "LDL", "STL", "REDG", "MUFU", "FFMA", "IMAD.WIDE", "LDG.E.128")
 BF16_INPUTS = {"u_ptr", "dt_ptr", "B_ptr", "C_ptr", "dout_ptr", "z_ptr"}
 
 
@@ -51,11 +51,13 @@ def _signature(fn, consts):
 
 
 def constants(kernel: str, n: int = 16, nsplit: int = 1, lowrank: int = 0, lane_sum: bool = True,
-              block_t: int | None = None, sub: int | None = None, plain: bool = False) -> dict:
+              block_t: int | None = None, sub: int | None = None, plain: bool = False, vec_bc: bool = True) -> dict:
     """The constexpr flags of a multi-direction layer's call (bf16, D, delta_bias, softplus,
     time-varying single-group B/C, an index map, no initial state or last-state gradient): what
     ``_Problem.flags`` would pass; with ``plain`` those of one 1-D scan with z gating
-    (selective_scan, as tools/bench_scan.py runs it)."""
+    (selective_scan, as tools/bench_scan.py runs it). ``vec_bc``: the forward's 16-byte B / C row
+    loads, which the host plans for the plain scan's 16-byte aligned bf16 rows when N is a
+    multiple of 8 (with the forward's registers capped: SEQ_FWD_MAXNREG_VEC)."""
     from vscan.kernels.selective_scan import _seq_tile
     tile = _seq_tile(lean=lowrank > 0)       # the plan's tile: the lean one with dt_proj inside
     block_t = tile[0] if block_t is None else block_t
@@ -65,7 +67,8 @@ def constants(kernel: str, n: int = 16, nsplit: int = 1, lowrank: int = 0, lane_
              C_VARY=True, SINGLE_GROUP=True, EVEN_N=bn == n, FAST_EXP=True, MODE=0, HAS_IDX=not plain,
              LOWRANK=lowrank > 0, BLOCK_R=triton.next_power_of_2(lowrank) if lowrank else 1)
     if kernel == "fwd":
-        c.update(BLOCK_N=bn, SAVE_ALL=True, OUT_ATOMIC=not plain, ZERO_START=True)
+        c.update(BLOCK_N=bn, SAVE_ALL=True, OUT_ATOMIC=not plain, VEC_BC=vec_bc and plain and bn == n and n % 8 == 0,
+                 ZERO_START=True)
     else:
         c.update(BLOCK_N=bn // nsplit, SUB=sub, DU_ATOMIC=not plain, PREFETCH_BC=True, NSPLIT=nsplit,
                  LANE_SUM=lane_sum, ZERO_END=True)
@@ -122,11 +125,14 @@ def main(argv=None):
     ap.add_argument("--plain", action="store_true",
                     help="one 1-D scan with z gating (the bench shapes) instead of a multi-direction layer")
     ap.add_argument("--no-lane-sum", action="store_true", help="backward: cross-lane sums instead of _lane_sum")
+    ap.add_argument("--no-vec-bc", action="store_true",
+                    help="forward with --plain: 2-byte B / C loads instead of scan_seq's VEC_BC")
     ap.add_argument("--block-t", type=int, default=None,
                     help="chunk-state interval (default: the tile kernels/selective_scan.py plans, lean with "
                          "--lowrank; VSCAN_SCAN_SEQ applies)")
     ap.add_argument("--sub", type=int, default=None, help="backward sub-chunk (default: the planned tile's)")
-    ap.add_argument("--maxnreg", type=int, default=0, help="register cap (0: none)")
+    ap.add_argument("--maxnreg", type=int, default=0,
+                    help="backward register cap (0: none; the forward takes the host's: capped with VEC_BC)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
     ap.add_argument("--json", action="store_true", help="print one JSON object {kernel: report} instead")
     args = ap.parse_args(argv)
@@ -134,11 +140,13 @@ def main(argv=None):
         raise SystemExit(f"--n: the sequential kernels take 1 <= N <= 32, got {args.n}")
     if not os.path.exists(_tool("ptxas")):
         raise SystemExit(f"kernel_report: this Triton wheel has no {_tool('ptxas')}")
+    from vscan.kernels.selective_scan import SEQ_FWD_MAXNREG_VEC
     out = {}
     for kernel in (("fwd", "bwd") if args.kernel == "both" else (args.kernel,)):
         consts = constants(kernel, args.n, args.nsplit, args.lowrank, not args.no_lane_sum, args.block_t, args.sub,
-                           args.plain)
-        out[kernel] = report(compile_kernel(kernel, consts, args.maxnreg if kernel == "bwd" else 0, args.arch))
+                           args.plain, not args.no_vec_bc)
+        cap = args.maxnreg if kernel == "bwd" else (SEQ_FWD_MAXNREG_VEC if consts["VEC_BC"] else 0)
+        out[kernel] = report(compile_kernel(kernel, consts, cap, args.arch))
     if args.json:
         print(json.dumps(dict(triton=triton.__version__, arch=args.arch, **out)))
         return 0
