@@ -208,20 +208,28 @@ def _split_for_target(n_chunks: int, rows: int, target: int) -> tuple[int, int]:
 # (1 + SEQ_FWD_MODE1_COST) when split, for the summary pass a split needs (MODE 1: a segment's
 # end state from zero). On an H200 this beat the earlier fixed 16 programs per SM at all four
 # bench shapes (forward 3-15% faster; results/bench_scan_split_h200/).
-# Backward: about SEQ_BWD_WAVES waves of resident programs (at N = 16 on 132 SMs the same split
+# Backward: at first about two waves of resident programs (at N = 16 on 132 SMs the same split
 # as the old 16 per SM). The wave model above picked one wave for the backward (text: 2
 # segments, long: 11), which measured 6% and 10% slower there than 5 and 22 segments (2.4 and
-# 2 waves) in the same run: more programs than slots paid, although the model counts a partial
-# wave as a whole one.
+# 2 waves) in the same run: more programs than slots paid. The rule that replaced two waves
+# (_bwd_segments) is below.
 # Each segment beyond the first also costs SEQ_FWD_SEG_COST wave-steps: a step of the combine,
 # which walks the segments one after another, plus the segment's two state slots. Without it the
 # model is nearly flat in the number of segments and, with 8-step chunks at the long shape, chose
 # 2048 one-chunk segments for the training forward: 2.7 ms instead of 1.2, a 1 ms combine and
 # 400 MB of segment summaries (H100, 2026-12-05, results/bench_scan_host_h100/). 0.5: that
 # combine took about 0.5 us per segment, a step of one wave of the forward about 1.3 us.
+# Backward, revised (H100, 2026-12-05, results/bench_scan_vec_h100/, f+b with the forward's split
+# fixed): a last wave that is partly empty costs. At text (512 rows, 128 chunks of 16, 1056
+# resident) 5 segments (2560 programs, 2.4 waves) took 3.058 ms, 4 / 6 / 8 segments (1.94 / 2.91 /
+# 3.88 waves) 2.909 / 2.853 / 2.840; at long (96 rows) 16 segments (1.45 waves) 5.128, 22 (2.0)
+# 4.460, 32 (2.91) 4.420. So: the most segments with at most SEQ_BWD_WAVES waves whose last wave
+# is at least SEQ_BWD_FILL full (_bwd_segments); three waves, not four, since each program
+# has its own scratch (34 KiB at N = 16 with 16-step chunks).
 SEQ_FWD_MODE1_COST = 0.6       # a summary-pass step relative to a main-pass step
 SEQ_FWD_SEG_COST = 0.5         # wave-steps per extra segment
-SEQ_BWD_WAVES = 2
+SEQ_BWD_WAVES = 3
+SEQ_BWD_FILL = 0.95
 
 
 @functools.lru_cache(maxsize=256)
@@ -244,6 +252,23 @@ def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float,
         if best is None or cost < best[0] - 1e-9:
             best = (cost, n_seg, cps)
     return best[1], best[2]
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_segments(n_chunks: int, rows: int, resident: int) -> tuple[int, int]:
+    """(segments, chunks per segment) of the sequential backward: the most segments whose
+    rows x segments programs fill at most SEQ_BWD_WAVES waves of ``resident``, the last one at
+    least SEQ_BWD_FILL full; where no split does, about two waves (_split_for_target)."""
+    best = None
+    for n in range(1, math.isqrt(n_chunks) + 2):   # every distinct cps is ceil(n_chunks / n) or n
+        for cps in {_cdiv(n_chunks, n), min(n, n_chunks)}:
+            n_seg = _cdiv(n_chunks, cps)
+            programs = rows * n_seg
+            waves = _cdiv(programs, resident)
+            if (waves <= SEQ_BWD_WAVES and programs >= SEQ_BWD_FILL * waves * resident
+                    and (best is None or n_seg > best[0])):
+                best = (n_seg, cps)
+    return best or _split_for_target(n_chunks, rows, 2 * resident)
 
 
 _RESIDENT: dict = {}
@@ -301,7 +326,7 @@ def _segments(pr, which: int, rows: int, kernel, probe, kwargs, out_dtype) -> tu
     elif pr.u.is_cuda and (resident := _resident_programs(kernel, probe, kwargs, pr.u.device,
                                                           (*pr.dtypes, out_dtype))):
         split = (_seq_segments(pr.L, p["bt"], rows, resident, SEQ_FWD_MODE1_COST, SEQ_FWD_SEG_COST) if which == 0
-                 else _split_for_target(p["n_chunks"], rows, SEQ_BWD_WAVES * resident))
+                 else _bwd_segments(p["n_chunks"], rows, resident))
     else:
         split = p["n_seg"], p["cps"]
     LAST_SPLIT[which] = dict(n_seg=split[0], cps=split[1], rows=rows, resident=resident, L=pr.L, bt=p["bt"])

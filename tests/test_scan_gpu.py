@@ -130,7 +130,7 @@ def test_segment_split_follows_the_compiled_kernels(monkeypatch):
         assert s["resident"] and s["resident"] % sms == 0, s
         want = (ss._seq_segments(s["L"], s["bt"], s["rows"], s["resident"], ss.SEQ_FWD_MODE1_COST,
                                  ss.SEQ_FWD_SEG_COST) if which == 0
-                else ss._split_for_target(-(-s["L"] // s["bt"]), s["rows"], ss.SEQ_BWD_WAVES * s["resident"]))
+                else ss._bwd_segments(-(-s["L"] // s["bt"]), s["rows"], s["resident"]))
         assert (s["n_seg"], s["cps"]) == want, s
         assert s["n_seg"] == -(-s["L"] // s["bt"]) > 1, s
 

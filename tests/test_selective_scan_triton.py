@@ -209,16 +209,24 @@ def test_segment_split_fits_waves():
     """The sequential forward's split (rows x segments programs, in waves of `resident`): the
     shapes of issue 2 on an H200 (132 SMs, 25 forward programs per SM at N = 16; the splits
     results/bench_scan_split_h200 recorded), and the search over distinct chunks-per-segment
-    values against trying every split. The backward's rule: about two waves."""
-    from vscan.kernels.selective_scan import SEQ_BWD_WAVES, SEQ_FWD_SEG_COST, _seq_segments, _split_for_target
+    values against trying every split. The backward's rule: the most segments in at most three
+    waves, the last nearly full."""
+    from vscan.kernels.selective_scan import SEQ_FWD_SEG_COST, _bwd_segments, _seq_segments
     assert _seq_segments(2048, 64, 512, 3300, 0.6) == (32, 1)     # text: 5 waves of one-chunk segments
     assert _seq_segments(16384, 64, 96, 3300, 0.6) == (32, 8)     # long: one wave of 3072
     assert _seq_segments(197, 64, 1536, 3300, 0.6) == (1, 4)      # vim-s-224: 1536 programs already
     assert _seq_segments(4097, 64, 192, 3300, 0.6) == (17, 4)     # vim-s-1024
     assert _seq_segments(256, 64, 4, 3300, 0.6) == (4, 1)         # an idle GPU: a segment per chunk
-    # the backward (8 programs per SM): 5 and 22 segments for text and long, as measured fastest
-    assert [_split_for_target(-(-L // 64), rows, SEQ_BWD_WAVES * 1056)
-            for L, rows in ((2048, 512), (16384, 96), (197, 1536))] == [(5, 7), (22, 12), (2, 2)]
+    # the backward (8 programs per SM, 16-step chunks): at text 6 segments (3072 programs, 2.9
+    # waves) and at long 32 (2.9 waves), each faster on an H100 than the 5 / 22 of two waves'
+    # worth and than 4 / 16; vim-s-224 keeps 2; on a tiny problem (no split fills a wave) every
+    # chunk gets its own segment, as before
+    assert [_bwd_segments(-(-L // 16), rows, 1056)
+            for L, rows in ((2048, 512), (16384, 96), (197, 1536))] == [(6, 22), (32, 32), (2, 7)]
+    assert _bwd_segments(19, 6, 1056) == (19, 1)
+    for n_chunks, rows, resident in ((128, 512, 1056), (257, 192, 1056), (1000, 7, 500), (3, 4000, 1000)):
+        n_seg, cps = _bwd_segments(n_chunks, rows, resident)
+        assert (n_seg - 1) * cps < n_chunks <= n_seg * cps
     # the cost per extra segment keeps the training forward (21 programs per SM) at 8-step chunks
     # of the long shape off 2048 one-chunk segments (measured 2.7 vs 1.2 ms on an H100)
     assert _seq_segments(16384, 8, 96, 2772, 0.6) == (2048, 1)
