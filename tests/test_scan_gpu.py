@@ -75,26 +75,35 @@ def test_fused_bf16_on_gpu_within_twice_reference_error():
 SCAN = [(1, 96, 1), (4, 96, 1), (16, 96, 1), (32, 96, 1), (16, 48, 8)]
 
 
-@pytest.mark.parametrize("lane_sum", ["1", "0"])
-@pytest.mark.parametrize("N,d,G", SCAN, ids=[f"N{n}-d{d}-G{g}" for n, d, g in SCAN])
-def test_selective_scan_on_gpu_equals_reference(N, d, G, lane_sum, monkeypatch):
-    monkeypatch.setenv("VSCAN_SCAN_LANESUM", lane_sum)
-    g = torch.Generator(device="cuda").manual_seed(N + G)
+def _scan_case(N, d, G, seed, dtype=torch.float32):
+    """Inputs of one 1-D scan with z gating (b = 2, L = 300; u, delta, B, C, z in ``dtype``) and
+    an upstream gradient."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
     b, L = 2, 300
     x = dict(u=r(b, L, d), delta=r(b, L, d) * 0.5 - 1.0, A=-torch.exp(r(d, N) * 0.5), B=r(b, L, G, N),
              C=r(b, L, G, N), D=r(d), z=r(b, L, d), delta_bias=r(d) * 0.1)
-    gy = r(b, L, d).double()
+    x = {k: v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v for k, v in x.items()}
+    return x, r(b, L, d).double()
 
-    def go(backend):
-        lv = {k: (v.double() if backend == "f64" else v).clone().requires_grad_(True) for k, v in x.items()}
-        y = selective_scan(lv["u"], lv["delta"], lv["A"], lv["B"], lv["C"], lv["D"], z=lv["z"],
-                           delta_bias=lv["delta_bias"], delta_softplus=True,
-                           backend="reference" if backend == "f64" else backend)
-        gr = torch.autograd.grad((y.double() * gy).sum(), list(lv.values()))
-        return y.double(), dict(zip(lv, gr))
-    y64, g64 = go("f64")
-    yk, gk = go("triton")
+
+def _scan_grads(x, gy, backend):
+    """Output and input gradients of ``selective_scan`` on ``backend`` ("f64": the reference in float64)."""
+    lv = {k: (v.double() if backend == "f64" else v).clone().requires_grad_(True) for k, v in x.items()}
+    y = selective_scan(lv["u"], lv["delta"], lv["A"], lv["B"], lv["C"], lv["D"], z=lv["z"],
+                       delta_bias=lv["delta_bias"], delta_softplus=True,
+                       backend="reference" if backend == "f64" else backend)
+    gr = torch.autograd.grad((y.double() * gy).sum(), list(lv.values()))
+    return y.double(), dict(zip(lv, gr))
+
+
+@pytest.mark.parametrize("lane_sum", ["1", "0"])
+@pytest.mark.parametrize("N,d,G", SCAN, ids=[f"N{n}-d{d}-G{g}" for n, d, g in SCAN])
+def test_selective_scan_on_gpu_equals_reference(N, d, G, lane_sum, monkeypatch):
+    monkeypatch.setenv("VSCAN_SCAN_LANESUM", lane_sum)
+    x, gy = _scan_case(N, d, G, seed=N + G)
+    y64, g64 = _scan_grads(x, gy, "f64")
+    yk, gk = _scan_grads(x, gy, "triton")
     assert rel(yk, y64) < 1e-4
     for k in g64:
         assert rel(gk[k], g64[k]) < 1e-4, k
@@ -184,23 +193,12 @@ def test_vector_bc_loads_equal_the_plain_loads(N, G, dtype, monkeypatch):
     compiler may order it differently) and gradients up to the order of the float32 atomic adds;
     both are within twice the low-precision reference's error of float64."""
     from vscan.kernels import selective_scan as ss
-    g = torch.Generator(device="cuda").manual_seed(N + G)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
-    b, L, d = 2, 300, 64
-    x = dict(u=r(b, L, d), delta=r(b, L, d) * 0.5 - 1.0, A=-torch.exp(r(d, N) * 0.5), B=r(b, L, G, N),
-             C=r(b, L, G, N), D=r(d), z=r(b, L, d), delta_bias=r(d) * 0.1)
-    x = {k: v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v for k, v in x.items()}
+    x, gy = _scan_case(N, 64, G, seed=N + G, dtype=dtype)
     assert ss._vec_bc_ok(x["B"], True) and ss._vec_bc_ok(x["C"], True)
-    gy = r(b, L, d).double()
 
     def go(backend, vec="1"):
         monkeypatch.setenv("VSCAN_SCAN_VEC_BC", vec)
-        lv = {k: (v.double() if backend == "f64" else v).clone().requires_grad_(True) for k, v in x.items()}
-        y = selective_scan(lv["u"], lv["delta"], lv["A"], lv["B"], lv["C"], lv["D"], z=lv["z"],
-                           delta_bias=lv["delta_bias"], delta_softplus=True,
-                           backend="reference" if backend == "f64" else backend)
-        gr = torch.autograd.grad((y.double() * gy).sum(), list(lv.values()))
-        return y.double(), dict(zip(lv, gr))
+        return _scan_grads(x, gy, backend)
     y64, g64 = go("f64")
     yr, gr = go("reference")
     y1, g1 = go("triton", "1")
