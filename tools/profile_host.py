@@ -61,7 +61,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     shape = argv[0] if argv else "vim_s_224"
     wrap(tjit.JITFunction, "run", "triton run")
-    for n in ("_forward", "_backward", "_param_grad", "_bc_grad", "_Problem", "_segments"):
+    for n in ("_forward", "_backward", "_param_sums", "_param_grad", "_bc_grad", "_Problem", "_segments"):
         wrap(sel, n, n)
     _, _, _, f, fb = shape_calls(SHAPES[shape][0])
     for fn, name in ((f, "fwd"), (fb, "f+b")):
