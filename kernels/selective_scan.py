@@ -147,14 +147,18 @@ def _vec_bc_tile_ok(p, N: int) -> bool:
     return p["kind"] == "sequential" and p["bn"] == N and N % 8 == 0 and p["bd"] >= 32 * p["warps"]
 
 
-def _vec_bc(pr) -> bool:
-    """Whether the forward of this problem takes the 16-byte B / C loads (SEQ_VEC_BC)."""
+def _vec_bc_on() -> bool:
     env = os.environ.get("VSCAN_SCAN_VEC_BC")
     if env is not None and env.strip() not in ("0", "1"):
         raise ValueError(f"VSCAN_SCAN_VEC_BC: expected 0 or 1, got {env!r}")
-    on = SEQ_VEC_BC if env is None else env.strip() == "1"
-    return (on and pr.u.is_cuda and pr.K == 1 and pr.idx is None and pr.W32 is None and (pr.B_vary or pr.C_vary)
-            and _vec_bc_tile_ok(pr.p, pr.N) and _vec_bc_ok(pr.B, pr.B_vary) and _vec_bc_ok(pr.C, pr.C_vary))
+    return SEQ_VEC_BC if env is None else env.strip() == "1"
+
+
+def _vec_bc(pr) -> bool:
+    """Whether the forward of this problem takes the 16-byte B / C loads (SEQ_VEC_BC): the plan
+    allows them (switch, device, tile) and this call's B / C rows suit them."""
+    return (pr.p["vec_bc"] and pr.K == 1 and pr.idx is None and pr.W32 is None and (pr.B_vary or pr.C_vary)
+            and _vec_bc_ok(pr.B, pr.B_vary) and _vec_bc_ok(pr.C, pr.C_vary))
 
 
 def _seq_tile(lean: bool = False):
@@ -232,6 +236,16 @@ SEQ_BWD_WAVES = 3
 SEQ_BWD_FILL = 0.95
 
 
+def _cps_candidates(n_chunks: int) -> set:
+    """Every distinct chunks-per-segment value of a split of n_chunks chunks: ceil(n_chunks / n)
+    or n itself, for n up to sqrt(n_chunks) + 1 (O(sqrt) candidates instead of n_chunks)."""
+    cands = set()
+    for n in range(1, math.isqrt(n_chunks) + 2):
+        cands.add(_cdiv(n_chunks, n))
+        cands.add(min(n, n_chunks))
+    return cands
+
+
 @functools.lru_cache(maxsize=256)
 def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float,
                   seg_cost: float = 0.0) -> tuple[int, int]:
@@ -239,12 +253,8 @@ def _seq_segments(L: int, bt: int, rows: int, resident: int, mode1_cost: float,
     longest segment x (1 + mode1_cost if split) + seg_cost x (segments - 1); fewer segments on
     ties."""
     n_chunks = _cdiv(L, bt)
-    cands = set()
-    for n in range(1, math.isqrt(n_chunks) + 2):   # every distinct cps is ceil(n_chunks / n) or n
-        cands.add(_cdiv(n_chunks, n))
-        cands.add(min(n, n_chunks))
     best = None
-    for cps in sorted(cands, reverse=True):        # many chunks per segment (few segments) first
+    for cps in sorted(_cps_candidates(n_chunks), reverse=True):   # few segments first
         n_seg = _cdiv(n_chunks, cps)
         steps = min(cps * bt, L)
         cost = (_cdiv(rows * n_seg, resident) * steps * (1.0 + (mode1_cost if n_seg > 1 else 0.0))
@@ -260,14 +270,14 @@ def _bwd_segments(n_chunks: int, rows: int, resident: int) -> tuple[int, int]:
     rows x segments programs fill at most SEQ_BWD_WAVES waves of ``resident``, the last one at
     least SEQ_BWD_FILL full; where no split does, about two waves (_split_for_target)."""
     best = None
-    for n in range(1, math.isqrt(n_chunks) + 2):   # every distinct cps is ceil(n_chunks / n) or n
-        for cps in {_cdiv(n_chunks, n), min(n, n_chunks)}:
-            n_seg = _cdiv(n_chunks, cps)
-            programs = rows * n_seg
-            waves = _cdiv(programs, resident)
-            if (waves <= SEQ_BWD_WAVES and programs >= SEQ_BWD_FILL * waves * resident
-                    and (best is None or n_seg > best[0])):
-                best = (n_seg, cps)
+    for cps in _cps_candidates(n_chunks):
+        n_seg = _cdiv(n_chunks, cps)
+        programs = rows * n_seg
+        waves = _cdiv(programs, resident)
+        # most segments; of the chunk counts giving as many, the smallest (the shortest segments)
+        if (waves <= SEQ_BWD_WAVES and programs >= SEQ_BWD_FILL * waves * resident
+                and (best is None or (n_seg, -cps) > (best[0], -best[1]))):
+            best = (n_seg, cps)
     return best or _split_for_target(n_chunks, rows, 2 * resident)
 
 
@@ -350,7 +360,7 @@ def _block_d(dim: int, ch_per_group: int, pref: int) -> tuple[int, bool]:
 
 # The environment variables _plan reads: part of its cache key.
 _PLAN_ENV = ("VSCAN_SCAN_KERNEL", "VSCAN_SCAN_SEQ", "VSCAN_SCAN_TILES", "VSCAN_SCAN_BWD", "VSCAN_SCAN_LANESUM",
-             "VSCAN_SCAN_TARGET_PROGRAMS")
+             "VSCAN_SCAN_TARGET_PROGRAMS", "VSCAN_SCAN_VEC_BC")
 
 
 def _plan(L, dim, batch, N, ch_per_group, device, lean=False) -> dict:
@@ -381,9 +391,11 @@ def _plan_cached(L, dim, batch, N, ch_per_group, device, lean, _env):
         raise ValueError(f"VSCAN_SCAN_SEQ: NSPLIT must be a power of two >= 1, got {nsplit}")
     nsplit = min(nsplit, bn)            # N = 1 cannot be split
     lane_sum = kind == "sequential" and _lane_sum(device, bd, bwarps)
-    return dict(kind=kind, bt=bt, bd=bd, warps=warps, bwarps=bwarps, sub=min(sub, bt), single=single,
-                bn=bn, n_chunks=n_chunks, n_blk=n_blk, n_seg=n_seg, cps=cps, nsplit=nsplit,
-                prefetch=prefetch, maxnreg=maxnreg, lane_sum=lane_sum)
+    p = dict(kind=kind, bt=bt, bd=bd, warps=warps, bwarps=bwarps, sub=min(sub, bt), single=single,
+             bn=bn, n_chunks=n_chunks, n_blk=n_blk, n_seg=n_seg, cps=cps, nsplit=nsplit,
+             prefetch=prefetch, maxnreg=maxnreg, lane_sum=lane_sum)
+    p["vec_bc"] = device.type == "cuda" and _vec_bc_on() and _vec_bc_tile_ok(p, N)
+    return p
 
 
 def _c(t):
@@ -443,11 +455,11 @@ class _Problem:
         self.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, B, C, z, W32, idx))
         self._flags = None
 
-    def flags(self):
-        """The kernels' constexpr flags (a new dict each call; built once)."""
+    def flags(self) -> dict:
+        """The kernels' constexpr flags (built once; read-only: callers copy it)."""
         if self._flags is None:
             self._flags = self._build_flags()
-        return dict(self._flags)
+        return self._flags
 
     def _build_flags(self):
         p = self.p
@@ -478,12 +490,14 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
     f32 = dict(device=dev, dtype=torch.float32)
     zz = pr.opt(pr.z)
     common = dict(pr.flags(), num_warps=p["warps"])
+    # without an initial state the sequential kernels start from zeros themselves: no slot is filled
+    zero_start = seq and initial_state is None
     if seq:
         kernel = scan_fwd_seq_kernel
         ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), out,
                pr.opt(pr.idx), pr.opt(pr.W32))
         vec = _vec_bc(pr)
-        common.update(OUT_ATOMIC=out_atomic, ZERO_START=initial_state is None, VEC_BC=vec)
+        common.update(OUT_ATOMIC=out_atomic, ZERO_START=zero_start, VEC_BC=vec)
         if vec:
             common["maxnreg"] = SEQ_FWD_MAXNREG_VEC
 
@@ -505,11 +519,9 @@ def _forward(pr, out, s_out, out_atomic=False, out_scale=1.0, initial_state=None
         return (*ins, torch.float32, torch.float32, *scalars(p["n_seg"], p["cps"]), 0, pr.dim * pr.N)
     n_seg, cps = _segments(pr, 0, p["n_blk"] * bk, kernel, probe, dict(common, MODE=0, SAVE_ALL=save), out.dtype)
     n_slots = p["n_chunks"] + 1 if save else 2 * n_seg
-    # the sequential kernels write every slot they (or the combine) read, except the initial
-    # state; without one, they start from zeros themselves (ZERO_START) and no slot is filled
+    # the sequential kernels write every slot they (or the combine) read, except the initial state
     new = _uninit if seq else torch.zeros
     states = new(bk, n_slots, pr.dim, pr.N, **f32)
-    zero_start = seq and initial_state is None
     if initial_state is not None:
         states[:, 0] = initial_state.float()
     dtsum = torch.empty(bk, n_seg, pr.dim, **f32)
@@ -578,9 +590,10 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     common = dict(pr.flags(), num_warps=p["bwarps"])
     zz = pr.opt(pr.z)
     ins = (pr.u, pr.delta, pr.A32, pr.B, pr.C, pr.opt(pr.D32), zz, pr.opt(pr.bias32), dout)
+    zero_end = seq and dlast is None      # no gradient of the last state: the kernels start from zeros
     if seq:
         common.update(SUB=p["sub"], DU_ATOMIC=du_atomic, PREFETCH_BC=p["prefetch"], LANE_SUM=p["lane_sum"],
-                      ZERO_END=dlast is None)
+                      ZERO_END=zero_end)
         if split:
             common.update(NSPLIT=nsplit, BLOCK_N=p["bn"] // nsplit)
         if p["maxnreg"]:
@@ -641,7 +654,7 @@ def _backward(pr, states, dtsum, dout, s_dout, dout_scale=1.0, dlast=None, du_at
     if n_seg > 1:
         loc = new(carry.shape, **f32)
         run_pass(1, loc)    # the sequential summary pass also writes the segments' dt sums into b["dtsum"]
-        _combine(carry, loc, b["dtsum"], pr, n_seg, cps, False, reverse=True, zero_start=seq and dlast is None)
+        _combine(carry, loc, b["dtsum"], pr, n_seg, cps, False, reverse=True, zero_start=zero_end)
     run_pass(0, carry)
     if split:   # back to the dtypes of the unsplit kernel
         du = du if du_atomic else du.to(pr.u.dtype)

@@ -195,6 +195,8 @@ def test_vector_bc_loads_equal_the_plain_loads(N, G, dtype, monkeypatch):
     from vscan.kernels import selective_scan as ss
     x, gy = _scan_case(N, 64, G, seed=N + G, dtype=dtype)
     assert ss._vec_bc_ok(x["B"], True) and ss._vec_bc_ok(x["C"], True)
+    planned, plan_vec = [], ss._vec_bc      # the forward's decision, so that the comparison is not vacuous
+    monkeypatch.setattr(ss, "_vec_bc", lambda pr: planned.append(plan_vec(pr)) or planned[-1])
 
     def go(backend, vec="1"):
         monkeypatch.setenv("VSCAN_SCAN_VEC_BC", vec)
@@ -202,7 +204,9 @@ def test_vector_bc_loads_equal_the_plain_loads(N, G, dtype, monkeypatch):
     y64, g64 = go("f64")
     yr, gr = go("reference")
     y1, g1 = go("triton", "1")
+    assert planned and planned[-1] == (G < 4)      # 16-channel blocks (4 groups) take the plain loads
     y0, g0 = go("triton", "0")
+    assert not planned[-1]
     assert rel(y1, y64) <= 2 * rel(yr, y64) + 1e-3
     for k in g64:
         assert rel(g1[k], g64[k]) <= 2 * rel(gr[k], g64[k]) + 2e-3, k
